@@ -1,0 +1,61 @@
+"""The ``rlrp-ref`` command line.
+
+Each subcommand lives in its own module of this package and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (called with
+the parsed arguments, returns an exit code or None). Modules are discovered by
+name, so adding a subcommand never edits this file.
+
+Bad input (a :class:`ValueError`, which includes :class:`rlrp_ref.errors.UserError`
+and ``weights_import.WeightsError``, or an :class:`OSError` such as a missing
+file) prints one line on stderr and exits 2, without a traceback. Set
+``RLRP_REF_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlrp-ref",
+        description="Relative LRP (R-LRP) and classical LRP rules in NumPy.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except (ValueError, OSError, KeyError) as exc:
+        if os.environ.get("RLRP_REF_DEBUG"):
+            raise
+        message = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+            message = f"{message}: {exc.filename}"
+        print(f"rlrp-ref {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rlrp-ref: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
