@@ -1,0 +1,208 @@
+"""Load weights from HDF5 files into rlrp_ref models.
+
+``load(path, model)`` detects the layout (:func:`detect_layout`), reads it into
+plain arrays keyed by layer name, and assigns them with exact shape checks:
+
+- ``"keras_h5"``: Keras application weight files and ``save_weights`` ``.h5``
+  files (root attribute ``layer_names``), ``notop`` files included;
+- ``"keras_h5_model"``: a legacy full-model ``model.save("f.h5")`` (the same
+  structure under ``model_weights/``);
+- ``"keras3_weights"``: Keras 3 ``.weights.h5`` (``layers/<auto-name>/vars/<i>``);
+- ``"torch_state_dict"``: a torch state dict stored one dataset per key
+  (``features.0.weight``, ...), as written by ``python -m weights_import.torch_to_h5``.
+
+:func:`assign_state_dict` fills a model straight from an in-memory torch state dict.
+Every failure is a :class:`WeightsError` (a ``ValueError``) with a one-line
+message naming the file, the layer, what was expected and what was found, and
+the model is left untouched (nothing half-assigned).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import keras as _keras
+from . import torch as _torch
+from ._assign import assign, match, weighted_layers
+from .errors import WeightsError
+from .torch import assign_state_dict
+
+__all__ = ["WeightsError", "LAYOUTS", "detect_layout", "load", "read", "inspect", "assign_state_dict", "format_inspection"]
+
+LAYOUTS = ("keras_h5", "keras_h5_model", "keras3_weights", "torch_state_dict")
+
+
+def _open(path):
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise WeightsError(f"{path}: expected an HDF5 weights file, found no such file")
+    if os.path.isdir(path):
+        raise WeightsError(f"{path}: expected an HDF5 weights file, found a directory")
+    if not h5py.is_hdf5(path):
+        raise WeightsError(f"{path}: expected an HDF5 weights file, found a file without the HDF5 signature")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise WeightsError(f"{path}: expected a readable HDF5 file, found it truncated or corrupt ({' '.join(str(err).split())})") from None
+
+
+def _layout_of(h5file, origin: str) -> str:
+    import h5py
+
+    if "layer_names" in h5file.attrs:
+        return "keras_h5"
+    if isinstance(h5file.get("model_weights"), h5py.Group) and "layer_names" in h5file["model_weights"].attrs:
+        return "keras_h5_model"
+    if isinstance(h5file.get("layers"), h5py.Group):
+        return "keras3_weights"
+    if h5file.attrs.get("format") == "torch_state_dict":
+        return "torch_state_dict"
+    keys = list(h5file)
+    if keys and all(isinstance(h5file[k], h5py.Dataset) and _torch.split_key(k)[1] in _torch.TENSOR_SUFFIXES for k in keys):
+        return "torch_state_dict"
+    raise WeightsError(
+        f"{origin}: expected a known weights layout (root attribute layer_names, group model_weights/ or layers/, "
+        f"or state-dict datasets such as 'features.0.weight'), found top-level keys {keys[:6]}"
+    )
+
+
+def detect_layout(path) -> str:
+    """One of :data:`LAYOUTS`, or :class:`WeightsError`."""
+    with _open(path) as h5file:
+        return _layout_of(h5file, os.fspath(path))
+
+
+def _entries(h5file, layout: str, model, origin: str) -> dict:
+    if layout == "keras_h5":
+        return _keras.h5_entries(h5file, origin)
+    if layout == "keras_h5_model":
+        return _keras.h5_entries(h5file["model_weights"], origin)
+    if layout == "keras3_weights":
+        return _keras.keras3_entries(h5file, model, origin)
+    return _torch.entries_from_sources(model, _torch.h5_sources(h5file), origin)
+
+
+def load(path, model) -> None:
+    """Fill every parameter of ``model`` from the weights file ``path`` (all or nothing).
+
+    Each array is read once, straight into the dtype of the parameter it
+    replaces; at the peak the process holds the model's old parameters plus one
+    copy of the new ones.
+    """
+    origin = os.fspath(path)
+    try:
+        with _open(path) as h5file:
+            layout = _layout_of(h5file, origin)
+            assign(model, _entries(h5file, layout, model, origin), origin)
+    except OSError as err:
+        raise WeightsError(f"{origin}: expected a readable HDF5 file, found an error while reading ({' '.join(str(err).split())})") from None
+
+
+def read(path) -> dict[str, dict[str, np.ndarray]]:
+    """Every stored array as ``{layer key: {weight name: array}}`` in the file's own layout (no conversion).
+
+    Keys are Keras layer names (``keras_h5*``), auto-names (``keras3_weights``)
+    or torch module paths (``torch_state_dict``); weight names as stored
+    (``kernel:0``, ``0``, ``weight``, ...).
+    """
+    origin = os.fspath(path)
+    with _open(path) as h5file:
+        stored = _stored_items(h5file, _layout_of(h5file, origin), origin)
+        return {key: {name: src.read(src.dtype) for name, src in items} for key, items in stored.items()}
+
+
+def _stored_items(h5file, layout: str, origin: str) -> dict:
+    """``{layer key: [(weight name, Source)]}`` as stored, without reading any array."""
+    if layout in ("keras_h5", "keras_h5_model"):
+        group = h5file if layout == "keras_h5" else h5file["model_weights"]
+        return {name: [(src.key.rsplit("/", 1)[-1], src) for _, src in items]
+                for name, items in _keras.h5_entries(group, origin).items()}
+    if layout == "keras3_weights":
+        return {auto: [(str(i), s) for i, s in enumerate(sources)] for auto, _, sources in _keras.keras3_groups(h5file, origin)}
+    out: dict[str, list] = {}
+    for key, src in _torch.h5_sources(h5file).items():
+        module, tensor = _torch.split_key(key)
+        if tensor not in _torch.SKIPPED_SUFFIXES:
+            out.setdefault(module, []).append((tensor, src))
+    return out
+
+
+def _class_counts(stored: dict, layout: str) -> list[int]:
+    """Candidate class counts: output sizes of 2-D weights that no other 2-D weight takes as input."""
+    outs, ins = [], set()
+    for items in stored.values():
+        for _, src in items:
+            if len(src.shape) == 2:
+                n_in, n_out = src.shape[::-1] if layout == "torch_state_dict" else src.shape
+                outs.append(n_out)
+                ins.add(n_in)
+    return sorted({n for n in outs if n not in ins}) or [1000]
+
+
+def _fits(h5file, layout: str, stored: dict, origin: str) -> list[dict]:
+    from rlrp_ref import models
+
+    fits = []
+    for name in models.available():
+        builder = models.get_builder(name)
+        for variant in builder.variants:
+            for include_top in (True, False):
+                for num_classes in (_class_counts(stored, layout) if include_top else [1000]):
+                    try:
+                        model = models.shape_model(name, variant=variant, num_classes=num_classes, include_top=include_top)
+                        match(model, _entries(h5file, layout, model, origin), origin)
+                    except ValueError:
+                        continue
+                    fits.append({"builder": name, "variant": variant, "include_top": include_top,
+                                 "num_classes": num_classes if include_top else None,
+                                 "input_shape": builder.input_shape})
+    return fits
+
+
+def inspect(path, fits: bool = True) -> dict:
+    """What a weights file holds, without loading it.
+
+    Returns ``{"path", "layout", "layers": [(key, [(weight name, shape, dtype)])],
+    "num_arrays", "num_params", "fits": [{"builder", "variant", "include_top",
+    "num_classes", "input_shape"}]}``. ``fits`` lists the registered builders whose
+    parameter names and shapes the file matches exactly, found by matching
+    against zero-memory placeholder models (no weights are read or allocated).
+    """
+    origin = os.fspath(path)
+    with _open(path) as h5file:
+        layout = _layout_of(h5file, origin)
+        stored = _stored_items(h5file, layout, origin)
+        layers = [(key, [(name, tuple(src.shape), str(np.dtype(src.dtype))) for name, src in items])
+                  for key, items in stored.items()]
+        info = {
+            "path": origin,
+            "layout": layout,
+            "layers": layers,
+            "num_arrays": sum(len(items) for _, items in layers),
+            "num_params": int(sum(int(np.prod(shape)) for _, items in layers for _, shape, _ in items)),
+            "fits": _fits(h5file, layout, stored, origin) if fits else [],
+        }
+    return info
+
+
+def format_inspection(info: dict, max_layers: int | None = None) -> str:
+    """A human-readable summary of :func:`inspect`'s result."""
+    lines = [f"file: {info['path']}", f"layout: {info['layout']}",
+             f"layers with weights: {len(info['layers'])}, arrays: {info['num_arrays']}, parameters: {info['num_params']:,}"]
+    shown = info["layers"] if max_layers is None else info["layers"][:max_layers]
+    for key, items in shown:
+        lines.append(f"  {key}: " + ", ".join(f"{name} {shape} {dtype}" for name, shape, dtype in items))
+    if len(shown) < len(info["layers"]):
+        lines.append(f"  ... {len(info['layers']) - len(shown)} more layers (--all to list them)")
+    if info["fits"]:
+        for fit in info["fits"]:
+            top = f"include_top=True, num_classes={fit['num_classes']}" if fit["include_top"] else "include_top=False"
+            lines.append(f"fits: rlrp_ref.models.build({fit['builder']!r}, variant={fit['variant']!r}, {top}, "
+                         f"input_shape={fit['input_shape']})")
+    else:
+        lines.append("fits: no registered builder (parameter names or shapes differ from every builder's)")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""torchvision state dicts: key mapping and layout conversion to rlrp_ref's Keras layout.
+
+A state-dict key ``<module path>.<tensor>`` names the rlrp_ref layer called
+``<module path>`` (the torchvision builders use the module paths as layer
+names). Conversions, all done here and nowhere else:
+
+- ``Conv2d.weight`` ``(cout, cin, kh, kw)`` -> ``kernel`` ``(kh, kw, cin, cout)``;
+  ``bias`` -> ``bias``;
+- ``Linear.weight`` ``(out, in)`` -> ``kernel`` ``(in, out)``; for a Linear
+  right after a flatten of a ``(C, H, W)`` map, the input axis is also
+  permuted from torch's ``(C, H, W)`` flatten order to rlrp_ref's NHWC
+  ``(H, W, C)`` order: ``kernel[(h*W + w)*C + c, o] = weight[o, c*H*W + h*W + w]``
+  (only ``C`` is needed: it is the channel count of the last convolution or
+  BatchNorm before the flatten);
+- ``BatchNorm2d`` ``weight, bias, running_mean, running_var`` -> ``gamma,
+  beta, moving_mean, moving_variance``; ``num_batches_tracked`` is skipped.
+
+The state dict in HDF5 (``layout "torch_state_dict"``) stores the tensors
+exactly as torch has them, one dataset per key; the conversion happens at load
+time because the flatten permutation needs the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._assign import IDENTITY, Transform, array_source, assign, dataset_source
+from .errors import WeightsError
+
+SKIPPED_SUFFIXES = ("num_batches_tracked",)
+PARAM_NAMES = {
+    "conv2d": {"weight": "kernel", "bias": "bias"},
+    "dense": {"weight": "kernel", "bias": "bias"},
+    "batch_normalization": {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"},
+}
+#: Every tensor name a state dict of these layers can hold.
+TENSOR_SUFFIXES = ("weight", "bias", "running_mean", "running_var") + SKIPPED_SUFFIXES
+
+
+def _transpose(axes, name):
+    return Transform(
+        name,
+        lambda shape: tuple(shape[a] for a in axes) if len(shape) == len(axes) else tuple(shape),
+        lambda arr: np.ascontiguousarray(arr.transpose(axes)) if arr.ndim == len(axes) else arr,
+    )
+
+
+CONV_WEIGHT = _transpose((2, 3, 1, 0), "torch (cout, cin, kh, kw) -> (kh, kw, cin, cout)")
+LINEAR_WEIGHT = _transpose((1, 0), "torch (out, in) -> (in, out)")
+
+
+def flatten_linear_weight(channels: int) -> Transform:
+    """Linear ``(out, C*S)`` in torch's (C, H, W) flatten order -> kernel ``(S*C, out)`` in (H, W, C) order."""
+
+    def out_shape(shape):
+        return (shape[1], shape[0]) if len(shape) == 2 else tuple(shape)
+
+    def apply(arr):
+        if arr.ndim != 2 or arr.shape[1] % channels:
+            return arr.T  # the shape check in match() has already rejected this case
+        out_features, in_features = arr.shape
+        spatial = in_features // channels
+        return np.ascontiguousarray(arr.reshape(out_features, channels, spatial).transpose(2, 1, 0)).reshape(in_features, out_features)
+
+    return Transform(f"torch (out, C*H*W) -> (H*W*C, out) with C={channels}", out_shape, apply)
+
+
+def flatten_channels(model) -> dict[str, int]:
+    """``{dense name: C}`` for each Dense right after a Flatten, C the channels entering the Flatten."""
+    from rlrp_ref.layers import BatchNorm, Conv2D, Dense, Flatten
+
+    out, channels, previous = {}, None, None
+    for layer in model.iter_layers():
+        if isinstance(layer, Dense) and isinstance(previous, Flatten) and channels is not None:
+            out[layer.name] = channels
+        if isinstance(layer, Conv2D):
+            channels = layer.filters
+        elif isinstance(layer, BatchNorm):
+            channels = layer.channels
+        elif isinstance(layer, Dense):
+            channels = None
+        previous = layer
+    return out
+
+
+def split_key(key: str) -> tuple[str, str]:
+    module, _, tensor = key.rpartition(".")
+    return module, tensor
+
+
+def entries_from_sources(model, sources: dict, origin: str) -> dict:
+    """``{key: Source}`` in torch layout -> ``{layer: [(param, Source with conversion)]}`` for :func:`_assign.match`."""
+    layers = {layer.name: layer for layer in model.iter_layers()}
+    flat = flatten_channels(model)
+    entries: dict[str, list] = {}
+    for key, src in sources.items():
+        module, tensor = split_key(key)
+        if tensor in SKIPPED_SUFFIXES:
+            continue
+        layer = layers.get(module)
+        if layer is None:
+            entries.setdefault(module, []).append((tensor, src))  # reported as an extra layer by match()
+            continue
+        names = PARAM_NAMES.get(layer.kind, {})
+        if tensor not in names:
+            raise WeightsError(
+                f"{origin}: layer '{module}' ({layer.kind}): expected tensors {sorted(names)}, found {key!r} {src.shape}"
+            )
+        pname = names[tensor]
+        transform = IDENTITY
+        if pname == "kernel" and layer.kind == "conv2d":
+            transform = CONV_WEIGHT
+        elif pname == "kernel" and layer.kind == "dense":
+            transform = flatten_linear_weight(flat[module]) if module in flat else LINEAR_WEIGHT
+        src.transform = transform
+        entries.setdefault(module, []).append((pname, src))
+    return entries
+
+
+def assign_state_dict(model, state_dict, origin: str = "state dict") -> None:
+    """Fill a torchvision-variant model from a torch state dict (``{key: array or CPU tensor}``).
+
+    Tensors are converted as the module docstring says; ``num_batches_tracked``
+    is skipped. All or nothing: any missing, extra, misshapen, non-float or
+    non-finite tensor raises :class:`WeightsError` and the model is untouched.
+    """
+    if not hasattr(state_dict, "items"):
+        raise WeightsError(f"{origin}: expected a mapping of state-dict keys to arrays, found {type(state_dict).__name__}")
+    sources = {}
+    for key, value in state_dict.items():
+        if split_key(str(key))[1] in SKIPPED_SUFFIXES:
+            continue
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        sources[str(key)] = array_source(str(key), value)
+    assign(model, entries_from_sources(model, sources, origin), origin)
+
+
+def h5_sources(h5file) -> dict:
+    """``{state-dict key: Source}`` for every dataset of an HDF5 state dict (group paths joined by '.')."""
+    import h5py
+
+    sources = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            key = name.replace("/", ".")
+            sources[key] = dataset_source(obj, key)
+
+    h5file.visititems(visit)
+    return sources
