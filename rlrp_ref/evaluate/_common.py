@@ -61,9 +61,9 @@ def method_explainer(method: str, **params) -> Callable[[object, np.ndarray, np.
     """``(model, x, target) -> relevance`` through :func:`rlrp_ref.explain` with a fixed method."""
 
     def explain_model(model, x, target):
-        import rlrp_ref
+        from ..explain import explain
 
-        return np.asarray(rlrp_ref.explain(model, x, target=target, method=method, **params).relevance)
+        return np.asarray(explain(model, x, target=target, method=method, **params).relevance)
 
     explain_model.__name__ = f"explain_{method}"
     return explain_model

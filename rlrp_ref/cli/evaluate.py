@@ -1,0 +1,437 @@
+"""``rlrp-ref evaluate``: every metric of :mod:`rlrp_ref.evaluate`, per method, on a bundled model.
+
+Writes into ``--out`` (all or nothing, through :func:`rlrp_ref.outputs.staged_dir`):
+
+- ``metrics.md``: the tables (faithfulness and localization; robustness;
+  randomization per layer);
+- ``metrics.json``: the same numbers, the settings, and the mean curves;
+- ``perturbation_curves.png`` and ``randomization.png`` (matplotlib, Agg),
+  unless ``--no-plots``.
+
+The images are the first ``--n`` of the dataset's test split; each is
+explained for its true class (the class the ground-truth mask belongs to).
+The model runs in float64, the reference mode. Every random draw comes from
+``--seed``. A "random" heatmap (i.i.d. normal) is scored as a reference row
+for the perturbation and localization metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..outputs import staged_dir
+
+DEFAULT_METHODS = "rlrp,epsilon,epsilon_plus_flat,epsilon_gamma_box,gradient_x_input,integrated_gradients"
+MODELS = ("shapes", "digits")
+RANDOM_REFERENCE = "random (reference)"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="measure explanation methods side by side (perturbation, localization, randomization, robustness)",
+        description="Measure explanation methods on a bundled model: region perturbation (AOPC), "
+        "localization against masks (shapes only), cascading parameter randomization, "
+        "max-sensitivity, local Lipschitz estimate and numerical robustness.",
+    )
+    p.add_argument("--model", required=True, help="bundled model: shapes or digits")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated methods (default: {DEFAULT_METHODS})")
+    p.add_argument("--n", type=int, default=200, help="number of test images (default: 200)")
+    p.add_argument("--out", required=True, help="output folder (created; files of the same name are replaced)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    p.add_argument("--patch", type=int, default=None, help="perturbation patch size in pixels (default: 2 for shapes, 1 for digits)")
+    p.add_argument("--perturbation", default="zero", help="what a removed patch becomes: zero, mean, uniform, blur (default: zero)")
+    p.add_argument("--steps", type=int, default=32, help="points of each perturbation curve after the start (default: 32)")
+    p.add_argument("--fraction", type=float, default=1.0, help="share of patches perturbed at the last step (default: 1)")
+    p.add_argument("--radius", type=float, default=0.05, help="input-noise radius r (L-infinity) for max-sensitivity and Lipschitz (default: 0.05)")
+    p.add_argument("--noise-samples", type=int, default=10, help="Monte Carlo samples for max-sensitivity and Lipschitz (default: 10)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------
+
+
+def bundled_model(name: str):
+    """The simple CNN trained on bundled dataset ``name``, with its shipped weights."""
+    from ..models import build
+    from ..models.simple_cnn import DATASET_CONFIGS
+
+    if name not in DATASET_CONFIGS:
+        raise UserError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    ref = resources.files("rlrp_ref.data").joinpath("weights", f"simple_cnn_{name}.h5")
+    with resources.as_file(ref) as path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"bundled weights for model {name!r} not found (expected {path})")
+        return build("simple_cnn", weights=str(path), dtype="float32", **DATASET_CONFIGS[name])
+
+
+def load_images(name: str, n: int):
+    """``(x, labels, masks or None)``: the first ``n`` test images of bundled dataset ``name``, float64."""
+    from ..data import digits, shapes
+
+    if name == "shapes":
+        return shapes.load_split("test", n=n, dtype=np.float64)
+    x, labels = digits.load_split("test", dtype=np.float64)
+    if n > len(x):
+        raise UserError(f"--n {n}: the digits test split has {len(x)} images")
+    return x[:n], labels[:n], None
+
+
+def known_methods() -> tuple[str, ...]:
+    """Every method :func:`rlrp_ref.explain` accepts."""
+    from ..explain import METHODS
+
+    return tuple(METHODS)
+
+
+#: Methods that need the input bounds: both bundled datasets lie in [0, 1].
+INPUT_BOUNDS = {"low": 0.0, "high": 1.0}
+BOUNDED_METHODS = ("epsilon_gamma_box", "zbox")
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise UserError("--methods: expected at least one method")
+    known = known_methods()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r}: expected one of {', '.join(known)}")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--methods: a method is listed twice in {text!r}")
+    return methods
+
+
+def check_args(args) -> None:
+    from ..evaluate.perturbation import KINDS
+
+    if args.model not in MODELS:
+        raise UserError(f"unknown model {args.model!r}: expected one of {', '.join(MODELS)}")
+    if args.perturbation not in KINDS:
+        raise UserError(f"unknown perturbation {args.perturbation!r}: expected one of {', '.join(KINDS)}")
+    for flag, value, low in (("--n", args.n, 2), ("--steps", args.steps, 1), ("--noise-samples", args.noise_samples, 1)):
+        if value < low:
+            raise UserError(f"{flag}: expected >= {low}, found {value}")
+    if args.patch is not None and args.patch < 1:
+        raise UserError(f"--patch: expected >= 1, found {args.patch}")
+    if not 0 < args.fraction <= 1:
+        raise UserError(f"--fraction: expected 0 < fraction <= 1, found {args.fraction}")
+    if not args.radius > 0:
+        raise UserError(f"--radius: expected > 0, found {args.radius}")
+
+
+# ---------------------------------------------------------------------------
+# the measurement
+# ---------------------------------------------------------------------------
+
+
+class _Progress:
+    """tqdm on stderr when installed; silent otherwise."""
+
+    def __init__(self, total: int, desc: str):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.bar = None
+        else:
+            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def set(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def __call__(self, k: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(k)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _nanmean(values) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def evaluate_methods(model, x, labels, masks, methods, *, explain_model_for, seed=0, patch=1, kind="zero",
+                     steps=32, fraction=1.0, radius=0.05, noise_samples=10, progress=None) -> dict:
+    """Run every metric for every method; return the JSON-ready results.
+
+    ``explain_model_for(method) -> explain_model(model, x, target) -> (relevance, logits)``.
+    """
+    from .. import evaluate as ev
+    from ..evaluate.randomization import parameter_layers
+
+    progress = progress or (lambda k=1: None)
+    target = np.asarray(labels, dtype=np.int64)
+    logits = np.asarray(model.forward(x), dtype=np.float64)
+    perturb = dict(patch=patch, kind=kind, steps=steps, fraction=fraction, seed=seed)
+    results = {}
+
+    def perturbation_and_localization(relevance):
+        curves = ev.perturbation_curves(model.forward, x, relevance, target, **perturb)
+        entry = {
+            "aopc_morf": curves["aopc_morf"],
+            "aopc_lerf": curves["aopc_lerf"],
+            "abpc": curves["abpc"],
+            "curve_fraction": curves["morf"].fraction.tolist(),
+            "curve_morf": curves["morf"].mean_curve.tolist(),
+            "curve_lerf": curves["lerf"].mean_curve.tolist(),
+        }
+        if masks is not None:
+            mass = ev.relevance_mass_accuracy(relevance, masks)
+            rank = ev.relevance_rank_accuracy(relevance, masks, seed=seed)
+            entry.update(mass_accuracy=_nanmean(mass), rank_accuracy=_nanmean(rank),
+                         mass_accuracy_undefined=int(np.isnan(mass).sum()))
+        return entry
+
+    for method in methods:
+        explain_model = explain_model_for(method)
+        if hasattr(progress, "set"):
+            progress.set(method)
+        relevance, method_logits = explain_model(model, x, target)
+        progress()
+        entry = {"numerical": ev.numerical_robustness(relevance, ev.target_scores(method_logits, target))}
+        clean = np.nan_to_num(relevance, nan=0.0, posinf=0.0, neginf=0.0)
+        entry.update(perturbation_and_localization(clean))
+        progress(2)
+
+        def relevance_only(model_, x_, target_):
+            return explain_model(model_, x_, target_)[0]
+
+        randomization = ev.cascading_randomization(relevance_only, model, x, target, seed=seed, original=relevance, progress=progress)
+        entry["randomization"] = {
+            "layers": randomization.layers,
+            "spearman": randomization.mean().tolist(),
+            "spearman_abs": randomization.mean(absolute=True).tolist(),
+            "nonfinite_after": randomization.nonfinite_steps,
+        }
+        noise = ev.input_noise_robustness(ev.bind_model(relevance_only, model), x, target, radius=radius,
+                                          n_samples=noise_samples, seed=seed, original=relevance, progress=progress)
+        entry["noise"] = {
+            "max_sensitivity": _nanmean(noise.sensitivity),
+            "max_sensitivity_relative": _nanmean(noise.relative_sensitivity),
+            "lipschitz": _nanmean(noise.lipschitz),
+            "infinite_count": int(np.sum(~np.isfinite(noise.relative_sensitivity))),
+        }
+        results[method] = entry
+
+    reference = np.random.default_rng(seed).normal(size=x.shape)
+    results[RANDOM_REFERENCE] = perturbation_and_localization(reference)
+    progress(2)
+    return {
+        "accuracy": float((logits.argmax(axis=1) == target).mean()),
+        "parameter_layers": [layer.name for layer in parameter_layers(model)][::-1],
+        "methods": results,
+    }
+
+
+# ---------------------------------------------------------------------------
+# reporting
+# ---------------------------------------------------------------------------
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    if math.isnan(value):
+        return "undefined"
+    if math.isinf(value):
+        return "inf"
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        return f"{value:.2e}"
+    return f"{value:.{digits}f}"
+
+
+def markdown_report(report: dict) -> str:
+    s = report["settings"]
+    methods = report["methods"]
+    has_masks = report["dataset_has_masks"]
+    lines = [
+        f"# Evaluation: model `{s['model']}`, {s['n']} test images",
+        "",
+        f"Model accuracy on these images: {report['accuracy']:.3f}. Target: the true class. "
+        f"Perturbation: `{s['perturbation']}` patches of {s['patch']}x{s['patch']} px, {s['steps']} steps up to "
+        f"{s['fraction']:.0%} of the patches, score = target logit. Noise: r = {s['radius']} (L-inf), "
+        f"{s['noise_samples']} samples. Seed {s['seed']}. Arrows: which direction is better.",
+        "",
+        "## Faithfulness and localization",
+        "",
+        "| method | AOPC MoRF ↑ | AOPC LeRF ↓ | ABPC ↑ | mass accuracy ↑ | rank accuracy ↑ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in methods.items():
+        if has_masks:
+            loc = [_fmt(m.get("mass_accuracy")), _fmt(m.get("rank_accuracy"))]
+        else:
+            loc = ["n/a (no masks)", "n/a (no masks)"]
+        lines.append(f"| {name} | {_fmt(m['aopc_morf'])} | {_fmt(m['aopc_lerf'])} | {_fmt(m['abpc'])} | {loc[0]} | {loc[1]} |")
+    if not has_masks:
+        lines += ["", "Localization is not measured: the digits dataset has no ground-truth masks."]
+    lines += [
+        "",
+        "## Robustness",
+        "",
+        "| method | rel. max-sensitivity ↓ | max-sensitivity ↓ | local Lipschitz ↓ | non-finite share ↓ | max\\|R\\|/\\|logit\\| median | max\\|R\\|/\\|logit\\| max | share > 1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in methods.items():
+        if "noise" not in m:
+            continue
+        nz, nu = m["noise"], m["numerical"]
+        lines.append(
+            f"| {name} | {_fmt(nz['max_sensitivity_relative'])} | {_fmt(nz['max_sensitivity'])} | {_fmt(nz['lipschitz'])} | "
+            f"{_fmt(nu['nonfinite_share'])} | {_fmt(nu['ratio_median'])} | {_fmt(nu['ratio_max'])} | {_fmt(nu['ratio_over_1'])} |"
+        )
+    layers = report["parameter_layers"]
+    lines += [
+        "",
+        "Max-sensitivity and the Lipschitz estimate are in each method's own relevance units; "
+        "the relative max-sensitivity (divided by ||R(x)||_2) is the one to compare across methods.",
+        "",
+        "## Cascading parameter randomization",
+        "",
+        "Mean Spearman rank correlation with the original heatmap after randomizing the layers from the top "
+        "down to the named one (signed / absolute maps). Closer to 0 at the bottom is better: the explanation "
+        "depends on the learned weights.",
+        "",
+        "| method | " + " | ".join(f"→ {name}" for name in layers) + " |",
+        "|---|" + "---|" * len(layers),
+    ]
+    for name, m in methods.items():
+        if "randomization" not in m:
+            continue
+        r = m["randomization"]
+        cells = [f"{_fmt(a, 2)} / {_fmt(b, 2)}" for a, b in zip(r["spearman"], r["spearman_abs"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def plot_report(report: dict, folder: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("plots need matplotlib (pip install 'rlrp-ref[viz]'), or pass --no-plots") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = report["methods"]
+    # methods can coincide (epsilon and gradient x input on a ReLU network): vary dashes and markers too
+    styles = {name: dict(linestyle=("-", "--", "-.", ":")[k % 4], marker="osd^vx<>"[k % 8], markersize=4)
+              for k, name in enumerate(m for m in methods if m != RANDOM_REFERENCE)}
+    styles[RANDOM_REFERENCE] = dict(color="0.5", linestyle="--")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, order in zip(axes, ("morf", "lerf")):
+        for name, m in methods.items():
+            ax.plot(m["curve_fraction"], m[f"curve_{order}"], label=name, **styles[name])
+        ax.set_title(f"{order.upper()} ({'most' if order == 'morf' else 'least'} relevant first)")
+        ax.set_xlabel("share of patches perturbed")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean target logit")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"Region perturbation, model {report['settings']['model']}")
+    fig.tight_layout()
+    fig.savefig(folder / "perturbation_curves.png", dpi=110)
+    plt.close(fig)
+
+    layers = report["parameter_layers"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, title in zip(axes, ("spearman", "spearman_abs"), ("signed maps", "absolute maps")):
+        for name, m in methods.items():
+            if "randomization" in m:
+                ax.plot(range(len(layers)), m["randomization"][key], label=name, **styles[name])
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=30, ha="right")
+        ax.set_title(f"Spearman with the original, {title}")
+        ax.set_xlabel("randomized from the top down to")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean Spearman rank correlation")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"Cascading parameter randomization, model {report['settings']['model']}")
+    fig.tight_layout()
+    fig.savefig(folder / "randomization.png", dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------
+
+
+def _explain_model_for(method: str):
+    from ..explain import explain
+
+    params = dict(INPUT_BOUNDS) if method in BOUNDED_METHODS else {}
+
+    def explain_model(model, x, target):
+        explanation = explain(model, x, target=target, method=method, **params)
+        return np.asarray(explanation.relevance), np.asarray(explanation.logits)
+
+    return explain_model
+
+
+def run(args) -> int:
+    check_args(args)
+    methods = parse_methods(args.methods)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: expected a folder, found a file")
+    model = bundled_model(args.model).astype(np.float64)
+    x, labels, masks = load_images(args.model, args.n)
+    patch = args.patch if args.patch is not None else (2 if args.model == "shapes" else 1)
+    layers = [layer for layer in model.iter_layers() if layer.params]
+    total = len(methods) * (3 + len(layers) + args.noise_samples) + 2
+    progress = _Progress(total, f"evaluate {args.model}")
+    try:
+        results = evaluate_methods(
+            model, x, labels, masks, methods, explain_model_for=_explain_model_for, seed=args.seed, patch=patch,
+            kind=args.perturbation, steps=args.steps, fraction=args.fraction, radius=args.radius,
+            noise_samples=args.noise_samples, progress=progress,
+        )
+    finally:
+        progress.close()
+    settings = {
+        "model": args.model, "n": int(len(x)), "methods": methods, "seed": args.seed, "patch": patch,
+        "perturbation": args.perturbation, "steps": args.steps, "fraction": args.fraction,
+        "radius": args.radius, "noise_samples": args.noise_samples, "score": "logit", "target": "true class",
+        "dtype": "float64",
+    }
+    report = {"settings": settings, "dataset_has_masks": masks is not None, **results}
+    with staged_dir(out) as folder:
+        (folder / "metrics.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n", encoding="utf-8")
+        (folder / "metrics.md").write_text(markdown_report(report), encoding="utf-8")
+        if not args.no_plots:
+            plot_report(report, folder)
+    print(f"wrote {out / 'metrics.md'}, metrics.json" + ("" if args.no_plots else ", perturbation_curves.png, randomization.png"))
+    return 0
