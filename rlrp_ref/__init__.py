@@ -21,6 +21,9 @@ from .layers import (
     ZeroPad2D,
 )
 from .model import Residual, Sequential, Trace
+from . import attribution, composites, rules
+from .explain import METHODS, Explanation, explain
+from .ledger import Ledger, LedgerRecord
 
 __version__ = "0.1.0"
 
@@ -28,4 +31,5 @@ __all__ = [
     "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Flatten", "GlobalAvgPool2D", "Identity",
     "Layer", "MaxPool2D", "ReLU", "Residual", "Sequential", "Sigmoid", "Softplus", "Trace",
     "ZeroPad2D", "canonize", "kernels", "layers",
+    "Explanation", "Ledger", "LedgerRecord", "METHODS", "attribution", "composites", "explain", "rules",
 ]
