@@ -304,3 +304,81 @@ def test_blowup_ratio_edge_cases():
     relevance = np.array([[3.0, -6.0], [0.0, 0.0], [1.0, 0.0], [np.nan, 1.0]])
     ratio = blowup_ratio(relevance, np.array([-2.0, 0.0, 0.0, 1.0]))
     np.testing.assert_array_equal(ratio, [3.0, 0.0, np.inf, np.inf])
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+
+def _run_cli(argv, capsys):
+    from rlrp_ref.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr()
+
+
+def test_cli_evaluate_smoke(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", "shapes", "--methods", "rlrp,epsilon,gradient_x_input", "--n", "6",
+            "--steps", "4", "--noise-samples", "2", "--out", str(out), "--no-plots"]
+    code, captured = _run_cli(argv, capsys)
+    assert code == 0, captured.err
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["settings"]["n"] == 6
+    assert set(report["methods"]) == {"rlrp", "epsilon", "gradient_x_input", "random (reference)"}
+    rlrp = report["methods"]["rlrp"]
+    assert 0 <= rlrp["mass_accuracy"] <= 1 and 0 <= rlrp["rank_accuracy"] <= 1
+    assert rlrp["numerical"]["nonfinite_share"] == 0
+    assert rlrp["numerical"]["ratio_max"] <= 1 + 1e-9  # R-LRP's bound |R_i| <= |f_c(x)|
+    assert len(rlrp["randomization"]["spearman"]) == len(report["parameter_layers"]) == 4
+    assert len(rlrp["curve_morf"]) == len(rlrp["curve_fraction"]) == 5
+    table = (out / "metrics.md").read_text()
+    assert "| rlrp |" in table and "mass accuracy" in table and "random (reference)" in table
+    # the same settings give the same numbers (fixed seeds)
+    again = tmp_path / "again"
+    code, _ = _run_cli(argv[:-2] + [str(again), "--no-plots"], capsys)
+    assert code == 0
+    assert json.loads((again / "metrics.json").read_text()) == report
+
+
+def test_cli_evaluate_digits_has_no_localization(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "digits"
+    code, captured = _run_cli(["evaluate", "--model", "digits", "--methods", "rlrp", "--n", "4", "--steps", "2",
+                               "--noise-samples", "1", "--out", str(out), "--no-plots"], capsys)
+    assert code == 0, captured.err
+    report = json.loads((out / "metrics.json").read_text())
+    assert "mass_accuracy" not in report["methods"]["rlrp"]
+    assert "n/a (no masks)" in (out / "metrics.md").read_text()
+
+
+def test_cli_evaluate_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the plots need matplotlib (rlrp-ref[viz])")
+    out = tmp_path / "plots"
+    code, captured = _run_cli(["evaluate", "--model", "shapes", "--methods", "gradient_x_input", "--n", "3",
+                               "--steps", "2", "--noise-samples", "1", "--out", str(out)], capsys)
+    assert code == 0, captured.err
+    for name in ("perturbation_curves.png", "randomization.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--methods", "rlrp,bogus", "unknown method 'bogus'"),
+    ("--model", "cifar", "unknown model 'cifar'"),
+    ("--perturbation", "salt", "unknown perturbation 'salt'"),
+])
+def test_cli_evaluate_bad_input_one_line_no_output(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "never"
+    argv = ["evaluate", "--model", "shapes", "--methods", "rlrp", "--perturbation", "zero", "--n", "3",
+            "--out", str(out), "--no-plots"]
+    argv[argv.index(flag) + 1] = value
+    code, captured = _run_cli(argv, capsys)
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no staging folder left behind either

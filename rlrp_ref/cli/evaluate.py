@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -62,17 +61,12 @@ def register(subparsers) -> None:
 
 
 def bundled_model(name: str):
-    """The simple CNN trained on bundled dataset ``name``, with its shipped weights."""
-    from ..models import build
-    from ..models.simple_cnn import DATASET_CONFIGS
+    """The simple CNN trained on bundled dataset ``name``, with its shipped weights, in float64."""
+    from ..models.simple_cnn import load_bundled
 
-    if name not in DATASET_CONFIGS:
+    if name not in MODELS:
         raise UserError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
-    ref = resources.files("rlrp_ref.data").joinpath("weights", f"simple_cnn_{name}.h5")
-    with resources.as_file(ref) as path:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"bundled weights for model {name!r} not found (expected {path})")
-        return build("simple_cnn", weights=str(path), dtype="float32", **DATASET_CONFIGS[name])
+    return load_bundled(name, dtype="float64")
 
 
 def load_images(name: str, n: int):
@@ -407,7 +401,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: expected a folder, found a file")
-    model = bundled_model(args.model).astype(np.float64)
+    model = bundled_model(args.model)
     x, labels, masks = load_images(args.model, args.n)
     patch = args.patch if args.patch is not None else (2 if args.model == "shapes" else 1)
     layers = [layer for layer in model.iter_layers() if layer.params]
