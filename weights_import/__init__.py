@@ -105,7 +105,8 @@ def load(path, model) -> None:
 def read(path) -> dict[str, dict[str, np.ndarray]]:
     """Every stored array as ``{layer key: {weight name: array}}`` in the file's own layout (no conversion).
 
-    Keys are Keras layer names (``keras_h5*``), auto-names (``keras3_weights``)
+    Keys are Keras layer names (``keras_h5*``), auto-names (``keras3_weights``,
+    followed by the stored layer name in parentheses when the file has it)
     or torch module paths (``torch_state_dict``); weight names as stored
     (``kernel:0``, ``0``, ``weight``, ...).
     """
@@ -122,7 +123,8 @@ def _stored_items(h5file, layout: str, origin: str) -> dict:
         return {name: [(src.key.rsplit("/", 1)[-1], src) for _, src in items]
                 for name, items in _keras.h5_entries(group, origin).items()}
     if layout == "keras3_weights":
-        return {auto: [(str(i), s) for i, s in enumerate(sources)] for auto, _, sources in _keras.keras3_groups(h5file, origin)}
+        return {(f"{auto} ({name})" if name else auto): [(str(i), s) for i, s in enumerate(sources)]
+                for auto, name, sources in _keras.keras3_groups(h5file, origin)}
     out: dict[str, list] = {}
     for key, src in _torch.h5_sources(h5file).items():
         module, tensor = _torch.split_key(key)

@@ -65,10 +65,13 @@ def split_auto_name(name: str) -> tuple[str, int]:
 
 
 def keras3_groups(h5file, origin: str) -> list[tuple[str, str | None, list]]:
-    """``[(auto-name, stored layer name or None, [Source, ...])]`` for each ``layers/<auto-name>`` with weights."""
+    """``[(auto-name, stored layer name or None, [Source, ...])]`` for each ``layers/<auto-name>`` with weights.
+
+    Sorted by kind, then by the auto-name's number (``conv2d_2`` before ``conv2d_10``).
+    """
     layers = h5file["layers"]
     out = []
-    for auto_name in layers:
+    for auto_name in sorted(layers, key=split_auto_name):
         group = layers[auto_name]
         vars_group = group.get("vars")
         if vars_group is None or not len(vars_group):
