@@ -69,6 +69,7 @@ class Layer:
     # -- description ---------------------------------------------------------
     @property
     def desc(self) -> str:
+        """``layer 'name' (kind)``: how error messages name this layer."""
         return f"layer '{self.name}' ({self.kind})"
 
     def __repr__(self) -> str:
@@ -82,6 +83,7 @@ class Layer:
         return {k: getattr(self, k) for k in self.param_names if getattr(self, k, None) is not None}
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{parameter name: shape}`` in Keras weight order."""
         return {k: v.shape for k, v in self.params.items()}
 
     def set_params(self, **arrays) -> None:
@@ -110,6 +112,7 @@ class Layer:
 
     @property
     def num_params(self) -> int:
+        """Number of scalar parameters (Keras's ``count_params``)."""
         return int(sum(v.size for v in self.params.values()))
 
     def astype(self, dtype) -> "Layer":
@@ -136,9 +139,15 @@ class Layer:
         return x
 
     def forward(self, x):  # pragma: no cover - abstract
+        """The layer's output ``y = f(x)`` for an input batch ``x`` (the formula is in each class's docstring)."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
     def vjp(self, x, grad):  # pragma: no cover - abstract
+        """Vector-Jacobian product ``(df/dx)^T grad``: the gradient at the input ``x`` given ``grad`` at the output.
+
+        Every relevance rule pulls relevance back through this map (R-LRP:
+        ``Rt = x * vjp(x, R)``; the classical rules: ``R_in = a~ * vjp(R / stab(z))``).
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement vjp")
 
     def __call__(self, x):
@@ -185,6 +194,7 @@ class Dense(Layer):
 
     @property
     def units(self) -> int:
+        """Number of outputs (``kernel.shape[1]``)."""
         return self.kernel.shape[1]
 
     def forward(self, x):
@@ -228,10 +238,12 @@ class Conv2D(Layer):
 
     @property
     def kernel_size(self) -> tuple[int, int]:
+        """``(kh, kw)``."""
         return self.kernel.shape[0], self.kernel.shape[1]
 
     @property
     def filters(self) -> int:
+        """Number of output channels (``kernel.shape[3]``)."""
         return self.kernel.shape[3]
 
     def pads(self, input_hw) -> kernels.Pads:
@@ -299,6 +311,7 @@ class MaxPool2D(_Pool2D):
         return kernels.maxpool_winner(x, self.pool_size, self.strides, pads)
 
     def vjp(self, x, grad):
+        """``dx[winner of window (p, q)] += grad[p, q]``: each output's gradient goes to its window's winner."""
         x, pads = self._checked(x)
         return kernels.maxpool_vjp(x, np.asarray(grad), self.pool_size, self.strides, pads)
 
@@ -317,6 +330,7 @@ class AvgPool2D(_Pool2D):
         return kernels.avgpool_forward(x, self.pool_size, self.strides, pads)
 
     def vjp(self, x, grad):
+        """``dx[i] = sum over the windows (p, q) containing i of grad[p, q] / count[p, q]`` (padding gets nothing)."""
         x, pads = self._checked(x)
         return kernels.avgpool_vjp(x, np.asarray(grad), self.pool_size, self.strides, pads)
 
@@ -331,6 +345,7 @@ class GlobalAvgPool2D(Layer):
         return x.mean(axis=(1, 2))
 
     def vjp(self, x, grad):
+        """``dx[n, h, w, c] = grad[n, c] / (H * W)``."""
         x = np.asarray(x)
         h, w = x.shape[1], x.shape[2]
         g = np.asarray(grad)[:, None, None, :] / (h * w)
@@ -358,6 +373,7 @@ class ZeroPad2D(Layer):
         return kernels.pad_nhwc(x, self.padding)
 
     def vjp(self, x, grad):
+        """Crop the padding off ``grad``."""
         return np.ascontiguousarray(kernels.crop_nhwc(np.asarray(grad), self.padding))
 
 
@@ -373,6 +389,7 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)
 
     def vjp(self, x, grad):
+        """Reshape ``grad`` back to the input's shape."""
         return np.asarray(grad).reshape(np.shape(x))
 
 
@@ -408,6 +425,7 @@ class Sigmoid(Layer):
         return expit(x)
 
     def vjp(self, x, grad):
+        """``grad * y * (1 - y)`` with ``y = sigmoid(x)``."""
         y = self.forward(x)
         return np.asarray(grad) * y * (1 - y)
 
@@ -423,6 +441,7 @@ class Softplus(Layer):
         return np.logaddexp(0, x)
 
     def vjp(self, x, grad):
+        """``grad * sigmoid(x)``."""
         from scipy.special import expit
 
         return np.asarray(grad) * expit(np.asarray(x))
@@ -473,6 +492,7 @@ class BatchNorm(Layer):
 
     @property
     def channels(self) -> int:
+        """Number of normalized channels."""
         return self.gamma.shape[0]
 
     def scale_shift(self):
@@ -486,5 +506,6 @@ class BatchNorm(Layer):
         return x * scale + shift
 
     def vjp(self, x, grad):
+        """``grad * gamma / sqrt(moving_variance + epsilon)``."""
         scale, _ = self.scale_shift()
         return np.asarray(grad) * scale

@@ -27,6 +27,7 @@ class Trace(dict):
 
     @property
     def output(self):
+        """The model output: the last entry recorded."""
         return self[next(reversed(self))]
 
 
@@ -34,6 +35,7 @@ class Container(Layer):
     """Common machinery of layers made of layers."""
 
     def children(self) -> list[Layer]:  # pragma: no cover - abstract
+        """The direct sub-layers, in the order :meth:`iter_all` visits them."""
         raise NotImplementedError
 
     @property
@@ -58,6 +60,7 @@ class Container(Layer):
 
     @property
     def num_params(self) -> int:
+        """Number of scalar parameters of every leaf layer."""
         return int(sum(layer.num_params for layer in self.iter_layers()))
 
     @property
@@ -87,6 +90,7 @@ class Container(Layer):
         return copy.deepcopy(self)
 
     def forward(self, x):
+        """The model output for the batch ``x`` (no activation is kept; see :meth:`trace`)."""
         return self._run(x, None)
 
     def trace(self, x) -> Trace:
