@@ -28,7 +28,7 @@ from __future__ import annotations
 from ..layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from ..model import Sequential
 
-__all__ = ["build_simple_cnn", "builder", "VARIANTS", "DATASET_CONFIGS"]
+__all__ = ["build_simple_cnn", "builder", "bundled_weights", "load_bundled", "VARIANTS", "DATASET_CONFIGS"]
 
 #: Input shape and class count of the bundled datasets the shipped weights were trained on.
 DATASET_CONFIGS = {
@@ -102,3 +102,22 @@ def builder(*, variant: str, num_classes: int, input_shape, include_top: bool, i
     if variant not in VARIANTS:
         raise ValueError(f"simple_cnn: variant expected one of {VARIANTS}, found {variant!r}")
     return build_simple_cnn(input_shape, num_classes, include_top=include_top, init=init)
+
+
+def bundled_weights(dataset: str) -> str:
+    """Path of the shipped weights file for a bundled dataset (``"shapes"`` or ``"digits"``)."""
+    from importlib import resources
+
+    if dataset not in DATASET_CONFIGS:
+        raise ValueError(f"simple_cnn: no bundled weights for {dataset!r}, expected one of {sorted(DATASET_CONFIGS)}")
+    path = resources.files("rlrp_ref.data").joinpath("weights", f"simple_cnn_{dataset}.h5")
+    if not path.is_file():
+        raise FileNotFoundError(f"simple_cnn: bundled weights for {dataset!r} missing from the installation (expected {path})")
+    return str(path)
+
+
+def load_bundled(dataset: str, dtype="float32") -> Sequential:
+    """The simple CNN trained on ``dataset`` with its shipped weights (loaded by :func:`weights_import.load`)."""
+    from . import build
+
+    return build("simple_cnn", weights=bundled_weights(dataset), dtype=dtype, **DATASET_CONFIGS[dataset])
