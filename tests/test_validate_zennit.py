@@ -29,8 +29,10 @@ def test_script_covers_every_case_and_the_classical_methods(zennit_file):
     with h5py.File(zennit_file, "r") as fh:
         assert sorted(fh.keys()) == sorted(e["name"] for e in manifest["cases"])
         methods = set(fh[manifest["cases"][0]["name"]].keys())
-    assert {"gradient", "gradient_x_input"} <= methods
-    assert "rlrp" not in methods  # zennit has no R-LRP
+    classical = {"lrp0", "epsilon", "gamma", "alphabeta", "zplus", "zbox", "wsquare", "flat", "epsilon_plus",
+                 "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1"}
+    assert methods == classical | {"gradient", "gradient_x_input", "integrated_gradients"}
+    assert "rlrp" not in methods  # zennit has no R-LRP (and its SmoothGrad noise cannot be reproduced)
 
 
 def test_rlrp_ref_validate_passes_zennit(zennit_file, capsys):

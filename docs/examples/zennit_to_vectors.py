@@ -26,14 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from zennit.attribution import Gradient, IntegratedGradients
-from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import (
     EpsilonAlpha2Beta1,
     EpsilonGammaBox,
     EpsilonPlus,
     EpsilonPlusFlat,
     LayerMapComposite,
-    SpecialFirstLayerMapComposite,
 )
 from zennit.layer import Sum
 from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
@@ -175,12 +173,39 @@ class NHWCModel(torch.nn.Module):
         return self.body(x.permute(0, 3, 1, 2) if self.image else x)
 
 
+def fold_batchnorm(module):
+    """Fold every BatchNorm into the Linear/Conv2d right before it in the same Sequential (in place).
+
+    ``BN(z) = z * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``, so the layer becomes
+    ``weight * s`` (per output channel) and ``bias * s + beta - mean * s``; the BatchNorm is replaced by
+    an identity. (Zennit 0.5.1's ``SequentialMergeBatchNorm`` leaves ``eps`` in the BatchNorm it turns
+    into an identity, which then scales by ``1 / sqrt(1 + eps)``: off by 5e-4 for Keras' eps 1e-3.)
+    """
+    for child in module.children():
+        fold_batchnorm(child)
+    if not isinstance(module, torch.nn.Sequential):
+        return module
+    for index in range(1, len(module)):
+        linear, norm = module[index - 1], module[index]
+        if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm) and isinstance(linear, (torch.nn.Linear, torch.nn.Conv2d)):
+            with torch.no_grad():
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                shape = (-1,) + (1,) * (linear.weight.dim() - 1)
+                bias = linear.bias if linear.bias is not None else torch.zeros_like(scale)
+                new_bias = bias * scale + norm.bias - norm.running_mean * scale
+                linear.weight.mul_(scale.reshape(shape))
+                linear.bias = torch.nn.Parameter(new_bias)
+            module[index] = torch.nn.Identity()
+    return module
+
+
 def load_torch_model(case_file):
+    """The case's network as a float64 torch module taking NHWC inputs, BatchNorm folded."""
     with h5py.File(case_file, "r") as fh:
         network = fh["network"]
         image = len(network.attrs["input_shape"]) == 3
         body = build_module(network["model"], 4 if image else 2)[0][0]
-    return NHWCModel(body, image).eval()
+    return NHWCModel(fold_batchnorm(body), image).eval()
 
 
 # ---------------------------------------------------------------------------
@@ -193,44 +218,43 @@ def _base_map(stabilizer):
     return [(Activation, Pass()), (Sum, Norm(stabilizer=stabilizer)), (AvgPool, Norm(stabilizer=stabilizer))]
 
 
-def _everywhere(rule, stabilizer, canonizers):
-    return LayerMapComposite(layer_map=_base_map(stabilizer) + [(Linear, rule)], canonizers=canonizers)
+def _everywhere(rule, stabilizer):
+    return LayerMapComposite(layer_map=_base_map(stabilizer) + [(Linear, rule)])
 
 
-def _first_then(first_rule, rule, stabilizer, canonizers):
-    return SpecialFirstLayerMapComposite(layer_map=_base_map(stabilizer) + [(Linear, rule)],
-                                         first_map=[(Linear, first_rule)], canonizers=canonizers)
+def _exact_zero_drops(z):
+    """LRP-0's denominator: ``z`` itself, with exact zeros made infinite so that ``R / z`` is 0 there."""
+    return torch.where(z == 0, torch.full_like(z, float("inf")), z)
 
 
 def make_composite(method, params):
-    """The zennit composite for an LRP method of the manifest, or None when zennit has no counterpart."""
+    """The zennit composite for an LRP method of the manifest (parameter names as in rlrp-ref's ``explain``),
+    or None when zennit has no counterpart (R-LRP)."""
     p = dict(params)
-    stab = p.get("stabilizer", 1e-6)
-    canonizers = [SequentialMergeBatchNorm()]
+    # LRP-0 adds nothing to any denominator (pooling and residual sums included) and, as rlrp-ref does,
+    # drops the relevance of a neuron whose denominator is exactly 0 (zennit's Epsilon(0) would give NaN)
+    stab = _exact_zero_drops if method == "lrp0" else 1e-6
     single = {
-        "lrp0": lambda: Epsilon(epsilon=p.get("epsilon", 0.0)),
-        "epsilon": lambda: Epsilon(epsilon=p["epsilon"]),
+        "lrp0": lambda: Epsilon(epsilon=_exact_zero_drops),
+        "epsilon": lambda: Epsilon(epsilon=p["eps"]),
         "gamma": lambda: Gamma(gamma=p["gamma"], stabilizer=stab),
         "alphabeta": lambda: AlphaBeta(alpha=p["alpha"], beta=p["beta"], stabilizer=stab),
         "zplus": lambda: ZPlus(stabilizer=stab),
+        "zbox": lambda: ZBox(low=p["low"], high=p["high"], stabilizer=stab),
         "wsquare": lambda: WSquare(stabilizer=stab),
         "flat": lambda: Flat(stabilizer=stab),
     }
     if method in single:
-        composite = _everywhere(single[method](), stab, canonizers)
-    elif method == "zbox":
-        composite = _first_then(ZBox(low=p["low"], high=p["high"], stabilizer=stab), Epsilon(epsilon=p.get("epsilon", 0.0)), stab, canonizers)
-    elif method == "epsilon_plus":
-        composite = EpsilonPlus(epsilon=p["epsilon"], stabilizer=stab, canonizers=canonizers)
-    elif method == "epsilon_plus_flat":
-        composite = EpsilonPlusFlat(epsilon=p["epsilon"], stabilizer=stab, canonizers=canonizers)
-    elif method == "epsilon_gamma_box":
-        composite = EpsilonGammaBox(low=p["low"], high=p["high"], epsilon=p["epsilon"], gamma=p["gamma"], stabilizer=stab, canonizers=canonizers)
-    elif method == "epsilon_alpha2_beta1":
-        composite = EpsilonAlpha2Beta1(epsilon=p["epsilon"], stabilizer=stab, canonizers=canonizers)
-    else:
-        return None
-    return composite
+        return _everywhere(single[method](), stab)
+    if method == "epsilon_plus":
+        return EpsilonPlus(epsilon=p["eps"], stabilizer=stab)
+    if method == "epsilon_plus_flat":
+        return EpsilonPlusFlat(epsilon=p["eps"], stabilizer=stab)
+    if method == "epsilon_gamma_box":
+        return EpsilonGammaBox(low=p["low"], high=p["high"], epsilon=p["eps"], gamma=p["gamma"], stabilizer=stab)
+    if method == "epsilon_alpha2_beta1":
+        return EpsilonAlpha2Beta1(epsilon=p["eps"], stabilizer=stab)
+    return None
 
 
 GRADIENT_METHODS = ("gradient", "gradient_x_input", "integrated_gradients")
@@ -277,7 +301,7 @@ def main(argv=None):
         sys.exit(f"{folder}: expected {FORMAT} version {FORMAT_VERSION}, found "
                  f"{manifest.get('format')} version {manifest.get('format_version')}")
     methods = args.methods or list(manifest["methods"])
-    torch.manual_seed(0)
+    torch.set_num_threads(1)  # tiny tensors: threads cost more than they give
     written = {}
     with h5py.File(args.out, "w") as out:
         for entry in manifest["cases"]:

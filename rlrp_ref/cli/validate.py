@@ -6,6 +6,7 @@ import json
 
 
 def register(subparsers) -> None:
+    """Add the ``validate`` subcommand to the ``rlrp-ref`` parser."""
     parser = subparsers.add_parser(
         "validate",
         help="compare another implementation's relevance with the conformance vectors",
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Run ``rlrp-ref validate`` with the parsed arguments; returns the exit code."""
     from ..outputs import staged_file
     from ..validate import PACKAGED_DIR, validate
 

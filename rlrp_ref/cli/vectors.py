@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    """Add the ``vectors`` subcommand to the ``rlrp-ref`` parser."""
     parser = subparsers.add_parser(
         "vectors",
         help="write the conformance vectors (HDF5 per case + manifest.json)",
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Run ``rlrp-ref vectors`` with the parsed arguments; returns the exit code."""
     from ..validate import load_manifest, write_vectors
 
     manifest_path = write_vectors(args.out, cases=args.cases, methods=args.methods)

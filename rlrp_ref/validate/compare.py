@@ -73,9 +73,11 @@ class Report:
 
     @property
     def result(self) -> str:
+        """``"PASS"`` or ``"FAIL"``."""
         return "PASS" if self.passed else "FAIL"
 
     def row(self) -> tuple[str, ...]:
+        """The report's cells, in the order of :attr:`HEADER`."""
         laws = ", ".join(str(law) for law in self.laws) if self.laws else "-"
         return (
             self.case or "-",
@@ -90,6 +92,7 @@ class Report:
         )
 
     def to_dict(self) -> dict:
+        """Every figure as plain JSON-ready values."""
         return {
             "case": self.case, "method": self.method, "passed": self.passed, "close": self.close,
             "max_abs_error": self.max_abs_error, "max_rel_error": self.max_rel_error,
@@ -110,13 +113,16 @@ class SuiteReport:
 
     @property
     def passed(self) -> bool:
+        """True when there is at least one report and every report passed."""
         return bool(self.reports) and all(r.passed for r in self.reports)
 
     @property
     def failures(self) -> list[Report]:
+        """The reports that failed."""
         return [r for r in self.reports if not r.passed]
 
     def summary(self) -> str:
+        """One line: the verdict and how many case/method pairs pass."""
         n_pass = sum(r.passed for r in self.reports)
         verdict = "PASS" if self.passed else "FAIL"
         return f"{verdict}: {n_pass} of {len(self.reports)} case/method pairs pass"

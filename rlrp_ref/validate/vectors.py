@@ -19,6 +19,7 @@ Each case file (HDF5)::
     /targets        (N,) int64, the explained class of each sample
     /logits         (N, C) float64, the model's output (checks a reader's forward pass)
     /relevance/<method>   (N, *input_shape) float64
+    /smoothgrad_draws     (n, N, *input_shape) float64, the standard-normal draws of SmoothGrad
 
 The expected relevance is computed by :func:`rlrp_ref.explain` in float64 with
 the parameters listed in the manifest.
@@ -199,6 +200,7 @@ CASES: tuple[Case, ...] = (
 
 
 def get_case(name: str) -> Case:
+    """The case called ``name`` (ValueError listing the known ones otherwise)."""
     for case in CASES:
         if case.name == name:
             return case
@@ -209,24 +211,52 @@ def get_case(name: str) -> Case:
 # the methods
 # ---------------------------------------------------------------------------
 
-#: Method -> rule parameters passed to :func:`rlrp_ref.explain`, and the PASS tolerance.
+_EXACT = {"rtol": 1e-7, "atol": 1e-10}
+_BOUNDS = {"low": -1.0, "high": 1.0}  # every case's inputs lie in [-1, 1]
+
+#: Method -> parameters passed to :func:`rlrp_ref.explain` by name, the output
+#: relevance it starts from (``"logit"``: ``f_c e_c``; ``"onehot"``: ``e_c``)
+#: and the PASS tolerance. Epsilon is 0.01 rather than Zennit's 1e-6 so that
+#: it visibly differs from LRP-0 (and a misplaced epsilon shows).
 METHODS: dict[str, dict] = {
-    "gradient": {"params": {}, "start": "onehot", "rtol": 1e-7, "atol": 1e-10},
-    "gradient_x_input": {"params": {}, "start": "onehot", "rtol": 1e-7, "atol": 1e-10},
+    "rlrp": {"params": {}, "start": "logit", **_EXACT},
+    "lrp0": {"params": {}, "start": "logit", **_EXACT},
+    "epsilon": {"params": {"eps": 0.01}, "start": "logit", **_EXACT},
+    "gamma": {"params": {"gamma": 0.25}, "start": "logit", **_EXACT},
+    "alphabeta": {"params": {"alpha": 2.0, "beta": 1.0}, "start": "logit", **_EXACT},
+    "zplus": {"params": {}, "start": "logit", **_EXACT},
+    "zbox": {"params": dict(_BOUNDS), "start": "logit", **_EXACT},
+    "wsquare": {"params": {}, "start": "logit", **_EXACT},
+    "flat": {"params": {}, "start": "logit", **_EXACT},
+    "epsilon_plus": {"params": {"eps": 0.01}, "start": "logit", **_EXACT},
+    "epsilon_plus_flat": {"params": {"eps": 0.01}, "start": "logit", **_EXACT},
+    "epsilon_gamma_box": {"params": {**_BOUNDS, "eps": 0.01, "gamma": 0.25}, "start": "logit", **_EXACT},
+    "epsilon_alpha2_beta1": {"params": {"eps": 0.01}, "start": "logit", **_EXACT},
+    "gradient": {"params": {}, "start": "onehot", **_EXACT},
+    "gradient_x_input": {"params": {}, "start": "onehot", **_EXACT},
+    "integrated_gradients": {"params": {"steps": 16}, "start": "onehot", **_EXACT},
+    "smoothgrad": {"params": {"n": 8, "sigma": 0.1, "seed": 0}, "start": "onehot", **_EXACT},
 }
 
 
 def expected_relevance(model, x, targets, method: str, params: dict) -> np.ndarray:
-    """The expected relevance of ``method`` for ``x`` (float64), explaining ``targets``."""
-    outputs = model.forward(x)
-    seed = np.zeros_like(outputs)
-    seed[np.arange(len(x)), targets] = 1.0
-    grad = model.vjp(x, seed)
-    if method == "gradient":
-        return grad
-    if method == "gradient_x_input":
-        return x * grad
-    raise ValueError(f"unknown method {method!r}; known methods {sorted(METHODS)}")
+    """The expected relevance of ``method`` for ``x`` (float64), explaining ``targets``: :func:`rlrp_ref.explain`."""
+    from ..explain import explain
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known methods {sorted(METHODS)}")
+    return explain(model, np.asarray(x, dtype=np.float64), target=np.asarray(targets), method=method, **params).relevance
+
+
+def smoothgrad_draws(x, n: int, seed) -> np.ndarray:
+    """The standard-normal draws SmoothGrad uses, ``(n, N, *features)``, in the order it draws them.
+
+    ``rlrp_ref.attribution.smoothgrad`` draws ``numpy.random.default_rng(seed).standard_normal(x.shape)``
+    ``n`` times; noise sample ``k`` is ``draws[k] * sigma * (max x_s - min x_s)`` for each sample ``s``.
+    Stored in the vectors so that implementations with another random generator can reproduce it.
+    """
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.standard_normal(np.shape(x)) for _ in range(n)])
 
 
 # ---------------------------------------------------------------------------
@@ -235,6 +265,7 @@ def expected_relevance(model, x, targets, method: str, params: dict) -> np.ndarr
 
 
 def sha256_of(path) -> str:
+    """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -262,6 +293,9 @@ def write_case(path, case: Case, methods=None) -> dict:
         fh.create_dataset("inputs", data=x, track_times=False)
         fh.create_dataset("targets", data=targets, track_times=False)
         fh.create_dataset("logits", data=logits, track_times=False)
+        if "smoothgrad" in methods:
+            sg = METHODS["smoothgrad"]["params"]
+            fh.create_dataset("smoothgrad_draws", data=smoothgrad_draws(x, sg["n"], sg["seed"]), track_times=False)
         rel = fh.create_group("relevance")
         for method in methods:
             values = expected_relevance(model, x, targets, method, METHODS[method]["params"])
@@ -278,6 +312,7 @@ def write_case(path, case: Case, methods=None) -> dict:
 
 
 def build_manifest(entries: list[dict], methods) -> dict:
+    """The manifest of a vectors set: format, version, generator, the methods' entries and the cases."""
     from .. import __version__
 
     return {
@@ -358,6 +393,7 @@ class CaseData:
 
     @property
     def target_logits(self) -> np.ndarray:
+        """``f_c``: the logit of the explained class of each sample, ``(N,)``."""
         return self.logits[np.arange(len(self.targets)), self.targets]
 
     def model(self):
