@@ -127,6 +127,7 @@ class Adam:
         }
 
     def step(self, grads) -> None:
+        """One update from ``grads[layer name][parameter name]`` (layers or parameters absent there are left alone)."""
         self.step_count += 1
         t = self.step_count
         correction1 = 1 - self.beta1**t
@@ -259,6 +260,7 @@ def train_dataset(name: str, epochs=None, batch_size=None, learning_rate=None, s
 
 
 def main(argv=None) -> int:
+    """Command line: train on ``--dataset``, print the test accuracy, write ``--out``; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m rlrp_ref.train", description="Train the simple CNN on a bundled dataset (pure NumPy).")
     parser.add_argument("--dataset", required=True, choices=sorted(DEFAULTS))
     parser.add_argument("--out", required=True, help="HDF5 weights file to write (Keras legacy layout)")

@@ -34,6 +34,7 @@ DIGITS_SHOWN = (0, 3, 5, 8)
 
 
 def register(subparsers) -> None:
+    """Add the ``demo`` subcommand to the ``rlrp-ref`` parser."""
     p = subparsers.add_parser(
         "demo",
         help="explain bundled samples with R-LRP and classical rules; write PNGs to ./rlrp-demo",
@@ -93,6 +94,7 @@ def _law_check(results_by_dataset) -> str:
 
 
 def run(args) -> int:
+    """Run the demo: explain the bundled samples, write the PNGs (staged), print the report; exit code 0."""
     from ..heatmap import render, save_grid, save_png
     from ..models.simple_cnn import DATASET_CONFIGS
 

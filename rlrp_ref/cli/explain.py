@@ -24,6 +24,7 @@ from . import _common
 
 
 def register(subparsers) -> None:
+    """Add the ``explain`` subcommand to the ``rlrp-ref`` parser."""
     p = subparsers.add_parser(
         "explain",
         help="explain predictions on image files and write heatmap PNGs",
@@ -39,6 +40,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Check every input, then explain each image and write its files through a staging folder; exit code 0."""
     from ..explain import explain
     from ..heatmap import overlay, render, save_png
 

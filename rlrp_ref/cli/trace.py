@@ -25,6 +25,7 @@ from . import _common
 
 
 def register(subparsers) -> None:
+    """Add the ``trace`` subcommand to the ``rlrp-ref`` parser."""
     p = subparsers.add_parser(
         "trace",
         help="print the relevance ledger of one explanation, layer by layer",
@@ -54,6 +55,7 @@ def bundled_sample(dataset: str, index: int, dtype) -> tuple[np.ndarray, int]:
 
 
 def run(args) -> int:
+    """Explain one input and print the ledger table and the conservation check; exit code 0."""
     from ..explain import explain
     from ..preprocess import load_image
 
