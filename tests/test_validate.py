@@ -187,6 +187,23 @@ def test_engine_reproduces_the_shipped_vectors(manifest):
             np.testing.assert_allclose(ours, data.relevance[method], rtol=0, atol=1e-12, err_msg=f"{entry['name']}/{method}")
 
 
+def test_smoothgrad_is_reproducible_from_the_stored_draws(manifest):
+    """The recipe docs/validation.md gives to implementations with another random generator."""
+    params = manifest["methods"]["smoothgrad"]["params"]
+    for entry in manifest["cases"][:4]:
+        data = read_case(PACKAGED_DIR, entry["name"], manifest)
+        with h5py.File(data.path, "r") as fh:
+            draws = fh["smoothgrad_draws"][()]
+        x = data.inputs
+        axes = tuple(range(1, x.ndim))
+        std = params["sigma"] * (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True))
+        model = load_model(data.path)
+        onehot = np.eye(data.logits.shape[1])[data.targets]
+        grads = [model.vjp(x + d * std, onehot) for d in draws]
+        assert draws.shape == (params["n"], *x.shape)
+        np.testing.assert_allclose(np.mean(grads, axis=0), data.relevance["smoothgrad"], rtol=0, atol=1e-12)
+
+
 def _h5_content(path):
     items = {}
     with h5py.File(path, "r") as fh:
