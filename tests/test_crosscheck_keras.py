@@ -25,6 +25,9 @@ import weights_import  # noqa: E402
 from rlrp_ref import models  # noqa: E402
 from rlrp_ref.preprocess import keras_caffe  # noqa: E402
 
+# Keras's torch backend converts tensors with np.array(x) in its own code (numpy 2 deprecation), not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
 APPS = {
     "vgg16": (keras.applications.VGG16, keras.applications.vgg16.preprocess_input, 224),
     "vgg19": (keras.applications.VGG19, keras.applications.vgg19.preprocess_input, 224),

@@ -84,6 +84,7 @@ def flatten_channels(model) -> dict[str, int]:
 
 
 def split_key(key: str) -> tuple[str, str]:
+    """``"layer1.0.conv1.weight" -> ("layer1.0.conv1", "weight")``: module path and tensor name."""
     module, _, tensor = key.rpartition(".")
     return module, tensor
 

@@ -64,6 +64,7 @@ def convert(pth_path, h5_path) -> int:
 
 
 def main(argv=None) -> int:
+    """Command-line entry point: convert, print a one-line summary; exit 2 with a one-line error on bad input."""
     parser = argparse.ArgumentParser(prog="python -m weights_import.torch_to_h5", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="torch checkpoint (.pth / .pt) holding a state dict")
     parser.add_argument("output", help="HDF5 file to write")

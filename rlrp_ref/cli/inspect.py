@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    """Add the ``inspect`` subcommand to the ``rlrp-ref`` parser."""
     parser = subparsers.add_parser(
         "inspect",
         help="show a weights file's layout, layers, parameter count and matching builder",
@@ -18,6 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    """Print :func:`weights_import.inspect`'s summary of ``args.file``; errors reach the CLI as ``WeightsError``."""
     import weights_import
 
     info = weights_import.inspect(args.file, fits=not args.no_fit)

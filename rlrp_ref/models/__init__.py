@@ -38,6 +38,8 @@ __all__ = ["build", "shape_model", "register", "available", "get_builder", "Buil
 
 @dataclass(frozen=True)
 class Builder:
+    """A registry entry: the builder function, the variants it supports and its default input shape."""
+
     name: str
     func: Callable
     variants: tuple[str, ...]
@@ -91,6 +93,7 @@ def available() -> list[str]:
 
 
 def get_builder(name: str) -> Builder:
+    """The registered :class:`Builder` called ``name`` (importing its lazy module if needed), or ValueError."""
     _load_lazy(name)
     if name not in _REGISTRY:
         raise ValueError(f"models.build: unknown model {name!r}, expected one of {available()}")
