@@ -2,8 +2,7 @@
 
 Everything here works on NHWC arrays. A 2-D sliding window over a padded input
 ``xp`` of shape ``(N, Hp, Wp, C)`` is read through
-:func:`numpy.lib.stride_tricks.sliding_window_view` (no copy); the one copy a
-convolution makes is the im2col matrix that feeds a single GEMM.
+:func:`numpy.lib.stride_tricks.sliding_window_view` (no copy).
 
 Index conventions (used by every layer and every rule):
 
@@ -12,9 +11,31 @@ Index conventions (used by every layer and every rule):
 - output pixel ``(p, q)`` reads padded input pixel
   ``(p * sh + i, q * sw + j)``.
 
-Backward maps (col2im, pooling vjps) accumulate over the ``kh * kw`` kernel
-offsets: a loop of at most a few dozen vectorized slice-adds, never a loop over
-pixels, channels or batch items.
+Every matrix product goes through :func:`gemm` (NumPy's ``matmul``, i.e. the
+BLAS NumPy is built with). A convolution takes one of three routes, all
+computing the same sums:
+
+- 1x1 kernel: the (strided) input *is* the GEMM operand, one GEMM;
+- stride 1, enough channels, large maps: **shifted GEMMs**. Flattened to
+  ``(N * Hp * Wp, C)``, the padded input is read at offset ``i * Wp + j`` as a
+  contiguous block of rows, one per kernel offset, and ``kh * kw`` GEMMs
+  accumulate into an output laid out on the padded ``Hp x Wp`` grid; the
+  ``Wp - Wo`` extra columns and ``Hp - Ho`` extra rows of each image are
+  computed and cropped off. The input is never copied; the price is the extra
+  grid positions and one add per offset, so this route is taken only on large
+  maps, where the im2col copy would be largest (:data:`SHIFTED_MAX_EXTRA`);
+- otherwise: **im2col**, one copy of the windows into a
+  ``(N * Ho * Wo, kh * kw * C)`` matrix and one GEMM.
+
+The vjps mirror them: the shifted route accumulates ``grad @ kernel[i, j].T``
+into shifted blocks of the padded input gradient; the im2col route runs one
+GEMM and scatters it back with :func:`col2im`. Backward maps accumulate over
+the ``kh * kw`` kernel offsets: a loop of at most a few dozen vectorized
+operations, never a loop over pixels, channels or batch items.
+
+Pooling with stride equal to the pool size and no padding (VGG's and most
+CNNs' pooling) reads the input as ``(N, Ho, kh, Wo, kw, C)`` by a reshape; any
+other pooling goes through the sliding-window views.
 """
 
 from __future__ import annotations
@@ -23,6 +44,14 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
+
+#: The shifted-GEMM convolution computes ``Hp * Wp`` grid positions for ``Ho * Wo``
+#: outputs; it is used when the extra fraction is at most this (3x3 "same"
+#: convolutions on maps of about 100x100 and larger), im2col otherwise.
+SHIFTED_MAX_EXTRA = 0.05
+#: ... and when the GEMMs' channel dimension is at least this (a 3-channel image
+#: makes a GEMM too thin to run at full speed; im2col stacks its offsets instead).
+SHIFTED_MIN_CHANNELS = 16
 
 
 def as_pair(value, what: str = "value") -> tuple[int, int]:
@@ -80,13 +109,59 @@ def pad_nhwc(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
     (t, b), (l, r) = pads
     if t == b == l == r == 0:
         return x
-    return np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), mode="constant", constant_values=value)
+    n, h, w, c = x.shape
+    out = np.empty((n, h + t + b, w + l + r, c), dtype=x.dtype)
+    # fill only the border, then copy the interior once
+    out[:, :t] = value
+    out[:, t + h :] = value
+    out[:, t : t + h, :l] = value
+    out[:, t : t + h, l + w :] = value
+    out[:, t : t + h, l : l + w] = x
+    return out
 
 
 def crop_nhwc(xp: np.ndarray, pads: Pads) -> np.ndarray:
     """Inverse of :func:`pad_nhwc`: a view with the padding removed."""
     (t, b), (l, r) = pads
     return xp[:, t : xp.shape[1] - b, l : xp.shape[2] - r, :]
+
+
+def padded_shape_of(input_shape, pads: Pads) -> tuple[int, int, int, int]:
+    """Shape ``(N, Hp, Wp, C)`` of an NHWC input of ``input_shape`` after :func:`pad_nhwc`."""
+    (t, b), (l, r) = pads
+    n, h, w, c = input_shape
+    return n, h + t + b, w + l + r, c
+
+
+# ---------------------------------------------------------------------------
+# the one GEMM
+# ---------------------------------------------------------------------------
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False,
+         scratch: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` for 2-D arrays, written into ``out`` if given; ``accumulate=True`` adds it to ``out``.
+
+    One BLAS GEMM through ``numpy.matmul``, in the operands' common dtype
+    (float32 stays float32). BLAS takes transposed views (``kernel.T``)
+    without a copy. ``matmul`` cannot add into its output, so ``accumulate``
+    writes the product into ``scratch`` (an array of ``out``'s shape, reused
+    across calls) and adds it.
+    """
+    if out is None:
+        return np.matmul(a, b)
+    if not accumulate:
+        return np.matmul(a, b, out=out)
+    if scratch is None:
+        scratch = np.empty_like(out)
+    np.matmul(a, b, out=scratch)
+    out += scratch
+    return out
+
+
+# ---------------------------------------------------------------------------
+# windows, im2col, col2im
+# ---------------------------------------------------------------------------
 
 
 def windows(xp: np.ndarray, kernel_hw, strides) -> np.ndarray:
@@ -108,7 +183,7 @@ def im2col(xp: np.ndarray, kernel_hw, strides) -> np.ndarray:
     win = windows(xp, kernel_hw, strides)
     ho, wo = win.shape[1], win.shape[2]
     cols = np.empty((n, ho, wo, kh, kw, c), dtype=xp.dtype)
-    # one gather, written straight into the GEMM's operand
+    # one gather, written straight into the GEMM's operand (faster than a copy per offset)
     np.copyto(cols, win.transpose(0, 1, 2, 4, 5, 3))
     return cols.reshape(n * ho * wo, kh * kw * c)
 
@@ -128,27 +203,105 @@ def col2im(cols: np.ndarray, padded_shape, kernel_hw, strides) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------------------------------------
+# convolution
+# ---------------------------------------------------------------------------
+
+
+def _shifted_route(padded_hw, out_hw, kernel_hw, strides, channels: int) -> bool:
+    """Whether the shifted-GEMM route is the faster one (see the module docstring)."""
+    if tuple(strides) != (1, 1) or kernel_hw[0] * kernel_hw[1] == 1 or channels < SHIFTED_MIN_CHANNELS:
+        return False
+    grid = padded_hw[0] * padded_hw[1]
+    return grid <= (1 + SHIFTED_MAX_EXTRA) * out_hw[0] * out_hw[1]
+
+
+def _shifted_blocks(padded_shape, kernel_hw):
+    """Row offsets ``i * Wp + j`` of the kernel offsets, and the block length, on the flattened grid.
+
+    Output grid position ``r`` (row of the flattened ``(N * Hp * Wp, .)`` grid)
+    reads input row ``r + i * Wp + j``. The last ``(kh - 1) * Wp + kw - 1`` grid
+    positions would read past the end and are never valid outputs, so every
+    block has ``rows = N * Hp * Wp - (kh - 1) * Wp - (kw - 1)`` rows; for a valid
+    output (``p < Ho``, ``q < Wo``) all reads stay inside its own image.
+    """
+    n, hp, wp = padded_shape[:3]
+    kh, kw = kernel_hw
+    rows = n * hp * wp - (kh - 1) * wp - (kw - 1)
+    offsets = [(i, j, i * wp + j) for i in range(kh) for j in range(kw)]
+    return offsets, rows
+
+
 def conv2d_forward(x, kernel, bias, strides, pads) -> np.ndarray:
-    """``y[n,p,q,o] = sum_{i,j,c} xp[n, p*sh+i, q*sw+j, c] * kernel[i,j,c,o] + bias[o]``: im2col + one GEMM."""
+    """``y[n,p,q,o] = sum_{i,j,c} xp[n, p*sh+i, q*sw+j, c] * kernel[i,j,c,o] + bias[o]``."""
     kh, kw, cin, cout = kernel.shape
-    xp = pad_nhwc(x, pads)
+    sh, sw = strides
+    n = x.shape[0]
+    dtype = np.result_type(x, kernel)
+    xp = pad_nhwc(x.astype(dtype, copy=False), pads)
     ho, wo = output_hw(xp.shape[1:3], (kh, kw), strides)
-    cols = im2col(xp, (kh, kw), strides)
-    y = cols @ kernel.reshape(kh * kw * cin, cout)
+    if kh == kw == 1:
+        y = gemm(xp[:, ::sh, ::sw].reshape(n * ho * wo, cin), kernel.reshape(cin, cout)).reshape(n, ho, wo, cout)
+    elif _shifted_route(xp.shape[1:3], (ho, wo), (kh, kw), strides, cin):
+        xp = np.ascontiguousarray(xp)
+        hp, wp = xp.shape[1:3]
+        flat = xp.reshape(n * hp * wp, cin)
+        grid = np.empty((n * hp * wp, cout), dtype=dtype)
+        offsets, rows = _shifted_blocks(xp.shape, (kh, kw))
+        scratch = np.empty((rows, cout), dtype=dtype)
+        for i, j, offset in offsets:
+            gemm(flat[offset : offset + rows], kernel[i, j], out=grid[:rows], accumulate=offset > 0, scratch=scratch)
+        y = np.ascontiguousarray(grid.reshape(n, hp, wp, cout)[:, :ho, :wo])
+    else:
+        y = gemm(im2col(xp, (kh, kw), strides), kernel.reshape(kh * kw * cin, cout)).reshape(n, ho, wo, cout)
     if bias is not None:
         y += bias
-    return y.reshape(x.shape[0], ho, wo, cout)
+    return y
 
 
 def conv2d_vjp(grad, kernel, input_shape, strides, pads) -> np.ndarray:
-    """Input gradient of a convolution: one GEMM ``grad @ kernel2d.T`` then :func:`col2im`."""
+    """Input gradient of a convolution (the adjoint of :func:`conv2d_forward`, same routes)."""
     kh, kw, cin, cout = kernel.shape
     n, ho, wo, _ = grad.shape
-    (t, b), (l, r) = pads
-    padded_shape = (n, input_shape[1] + t + b, input_shape[2] + l + r, cin)
-    cols = grad.reshape(n * ho * wo, cout) @ kernel.reshape(kh * kw * cin, cout).T
-    xp_grad = col2im(cols.reshape(n, ho, wo, kh, kw, cin), padded_shape, (kh, kw), strides)
+    dtype = np.result_type(grad, kernel)
+    padded_shape = padded_shape_of((n, input_shape[1], input_shape[2], cin), pads)
+    grad2d = grad.reshape(n * ho * wo, cout)
+    if kh == kw == 1:
+        dx = gemm(grad2d, kernel.reshape(cin, cout).T).reshape(n, ho, wo, cin)
+        if padded_shape[1:3] == (ho, wo) and pads == ((0, 0), (0, 0)):
+            return dx
+        xp_grad = np.zeros(padded_shape, dtype=dtype)
+        sh, sw = strides
+        xp_grad[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw] = dx
+    elif _shifted_route(padded_shape[1:3], (ho, wo), (kh, kw), strides, cin):
+        # the gradient on the padded grid, zero at the positions that are not outputs
+        grid = np.zeros(padded_shape[:3] + (cout,), dtype=dtype)
+        grid[:, :ho, :wo] = grad
+        grid = grid.reshape(-1, cout)
+        xp_grad = np.zeros(padded_shape, dtype=dtype)
+        flat = xp_grad.reshape(-1, cin)
+        offsets, rows = _shifted_blocks(padded_shape, (kh, kw))
+        scratch = np.empty((rows, cin), dtype=dtype)
+        for i, j, offset in offsets:
+            gemm(grid[:rows], kernel[i, j].T, out=flat[offset : offset + rows], accumulate=True, scratch=scratch)
+    else:
+        cols = gemm(grad2d, kernel.reshape(kh * kw * cin, cout).T)
+        xp_grad = col2im(cols.reshape(n, ho, wo, kh, kw, cin), padded_shape, (kh, kw), strides)
     return np.ascontiguousarray(crop_nhwc(xp_grad, pads))
+
+
+# ---------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------
+
+
+def _blocked(x, pool, strides, pads):
+    """``x`` as ``(N, Ho, kh, Wo, kw, C)`` (a reshape, no copy) when the windows tile it exactly, else None."""
+    kh, kw = pool
+    n, h, w, c = x.shape
+    if tuple(strides) != (kh, kw) or pads != ((0, 0), (0, 0)) or h % kh or w % kw or not x.flags.c_contiguous:
+        return None
+    return x.reshape(n, h // kh, kh, w // kw, kw, c)
 
 
 def scatter_windows(values_per_offset, padded_shape, kernel_hw, strides, dtype) -> np.ndarray:
@@ -171,12 +324,24 @@ def scatter_windows(values_per_offset, padded_shape, kernel_hw, strides, dtype) 
 
 def maxpool_forward(x, pool, strides, pads):
     """``y[n,p,q,c] = max_{i,j} xp[n, p*sh+i, q*sw+j, c]``, padding with ``-inf``."""
+    blocks = _blocked(x, pool, strides, pads)
+    if blocks is not None:
+        return blocks.max(axis=(2, 4))
     xp = pad_nhwc(x, pads, value=-np.inf)
     return windows(xp, pool, strides).max(axis=(-2, -1))
 
 
 def maxpool_winner(x, pool, strides, pads) -> np.ndarray:
     """Flat window index ``k = i * kw + j`` of each window's maximum (ties: the first in row-major order)."""
+    blocks = _blocked(x, pool, strides, pads)
+    if blocks is not None:
+        n, ho, kh, wo, kw, c = blocks.shape
+        best = blocks.max(axis=(2, 4))
+        winner = np.full((n, ho, wo, c), kh * kw, dtype=np.intp)
+        # visit offsets last to first, so the first maximum in row-major order is written last
+        for k in reversed(range(kh * kw)):
+            winner[blocks[:, :, k // kw, :, k % kw, :] == best] = k
+        return winner
     xp = pad_nhwc(x, pads, value=-np.inf)
     win = windows(xp, pool, strides)
     flat = win.reshape(win.shape[:4] + (pool[0] * pool[1],))
@@ -185,9 +350,28 @@ def maxpool_winner(x, pool, strides, pads) -> np.ndarray:
 
 def maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
     """Route each output gradient to its window's winner (:func:`maxpool_winner`)."""
+    blocks = _blocked(x, pool, strides, pads)
+    if blocks is not None:
+        n, ho, kh, wo, kw, c = blocks.shape
+        dtype = np.result_type(x, grad)
+        best = blocks.max(axis=(2, 4))
+        out = np.empty(blocks.shape, dtype=dtype)
+        unclaimed = None  # windows whose winner is still to be found, in row-major offset order
+        for k in range(kh * kw):
+            i, j = divmod(k, kw)
+            hit = blocks[:, :, i, :, j, :] == best
+            if unclaimed is not None:
+                hit &= unclaimed
+            if k < kh * kw - 1:
+                if unclaimed is None:
+                    unclaimed = ~hit
+                else:
+                    unclaimed ^= hit
+            np.multiply(grad, hit, out=out[:, :, i, :, j, :])
+        out += 0  # a negative gradient times "not the winner" is -0.0; make it +0.0 as the general path does
+        return out.reshape(x.shape)
     winner = maxpool_winner(x, pool, strides, pads)
-    (t, b), (l, r) = pads
-    padded_shape = (x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r, x.shape[3])
+    padded_shape = padded_shape_of(x.shape, pads)
     kw = pool[1]
     out = scatter_windows(lambda i, j: np.where(winner == i * kw + j, grad, 0), padded_shape, pool, strides, grad.dtype)
     return np.ascontiguousarray(crop_nhwc(out, pads))
@@ -205,6 +389,9 @@ def avgpool_counts(input_hw, pool, strides, pads, dtype) -> np.ndarray:
 
 def avgpool_forward(x, pool, strides, pads):
     """``y = sum_{window} xp / count`` (count excludes padding, as Keras does)."""
+    blocks = _blocked(x, pool, strides, pads)
+    if blocks is not None:
+        return blocks.mean(axis=(2, 4))
     xp = pad_nhwc(x, pads)
     sums = windows(xp, pool, strides).sum(axis=(-2, -1))
     return sums / avgpool_counts(x.shape[1:3], pool, strides, pads, x.dtype)
@@ -212,8 +399,14 @@ def avgpool_forward(x, pool, strides, pads):
 
 def avgpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
     """Spread ``grad / count`` evenly over each window."""
+    blocks = _blocked(x, pool, strides, pads)
+    if blocks is not None:
+        n, ho, kh, wo, kw, c = blocks.shape
+        share = grad / np.asarray(kh * kw, dtype=grad.dtype)
+        out = np.empty(blocks.shape, dtype=share.dtype)
+        out[...] = share[:, :, None, :, None, :]
+        return out.reshape(x.shape)
     share = grad / avgpool_counts(x.shape[1:3], pool, strides, pads, grad.dtype)
-    (t, b), (l, r) = pads
-    padded_shape = (x.shape[0], x.shape[1] + t + b, x.shape[2] + l + r, x.shape[3])
+    padded_shape = padded_shape_of(x.shape, pads)
     out = scatter_windows(lambda i, j: share, padded_shape, pool, strides, grad.dtype)
     return np.ascontiguousarray(crop_nhwc(out, pads))
