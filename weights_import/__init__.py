@@ -148,20 +148,31 @@ def _class_counts(stored: dict, layout: str) -> list[int]:
 def _fits(h5file, layout: str, stored: dict, origin: str) -> list[dict]:
     from rlrp_ref import models
 
+    class_counts = _class_counts(stored, layout)
     fits = []
     for name in models.available():
         builder = models.get_builder(name)
+        settings = [{"input_shape": builder.input_shape}] + [dict(c) for c in builder.configs]
+        tried = set()
         for variant in builder.variants:
             for include_top in (True, False):
-                for num_classes in (_class_counts(stored, layout) if include_top else [1000]):
-                    try:
-                        model = models.shape_model(name, variant=variant, num_classes=num_classes, include_top=include_top)
-                        match(model, _entries(h5file, layout, model, origin), origin)
-                    except ValueError:
-                        continue
-                    fits.append({"builder": name, "variant": variant, "include_top": include_top,
-                                 "num_classes": num_classes if include_top else None,
-                                 "input_shape": builder.input_shape})
+                for setting in settings:
+                    input_shape = tuple(setting.get("input_shape", builder.input_shape))
+                    counts = [setting["num_classes"]] if "num_classes" in setting else class_counts
+                    for num_classes in (counts if include_top else [None]):
+                        key = (variant, include_top, input_shape, num_classes)
+                        if key in tried:
+                            continue
+                        tried.add(key)
+                        try:
+                            model = models.shape_model(name, variant=variant, num_classes=num_classes or 1000,
+                                                       include_top=include_top, input_shape=input_shape)
+                            match(model, _entries(h5file, layout, model, origin), origin)
+                        except ValueError:
+                            continue
+                        fits.append({"builder": name, "variant": variant, "include_top": include_top,
+                                     "num_classes": num_classes, "input_shape": input_shape})
+                        break
     return fits
 
 

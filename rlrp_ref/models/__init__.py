@@ -20,8 +20,10 @@ variant or shape it does not support. Register it with
 ``register(name, builder, variants=(...))``. A module ``rlrp_ref/models/<name>.py``
 listed in ``LAZY_MODULES`` (``simple_cnn``) is imported the first time the name
 is asked for; it either calls :func:`register` itself or defines ``builder``
-(and optionally ``VARIANTS``, default ``("keras",)``, and ``INPUT_SHAPE``,
-default ``(224, 224, 3)``).
+(and optionally ``VARIANTS``, default ``("keras",)``; ``INPUT_SHAPE``,
+default ``(224, 224, 3)``; ``CONFIGS`` (or ``DATASET_CONFIGS``), a dict or list
+of known ``{"input_shape": ..., "num_classes": ...}`` settings for
+``weights_import.inspect`` to try).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Builder:
     func: Callable
     variants: tuple[str, ...]
     input_shape: tuple[int, int, int] = (224, 224, 3)
+    #: Known configurations (``{"input_shape": ..., "num_classes": ...}``) that ``weights_import.inspect`` also tries.
+    configs: tuple = ()
 
 
 _REGISTRY: dict[str, Builder] = {}
@@ -53,16 +57,20 @@ LAZY_MODULES = {"simple_cnn": "rlrp_ref.models.simple_cnn"}
 PREPROCESSING = {"keras": "caffe", "torchvision": "torchvision"}
 
 
-def register(name: str, builder: Callable, *, variants=("keras",), input_shape=(224, 224, 3)) -> None:
+def register(name: str, builder: Callable, *, variants=("keras",), input_shape=(224, 224, 3), configs=()) -> None:
     """Add (or replace) the builder called ``name`` (see the module docstring for its signature).
 
     ``input_shape`` is the builder's default ``(H, W, C)``, used when :func:`build` gets none.
+    ``configs``: other known ``{"input_shape": ..., "num_classes": ...}`` settings
+    (e.g. the datasets shipped weights were trained on), which
+    ``weights_import.inspect`` tries when matching a file to the builder.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"models.register: name expected a non-empty string, found {name!r}")
     if not callable(builder):
         raise ValueError(f"models.register: builder for {name!r} expected a callable, found {type(builder).__name__}")
-    _REGISTRY[name] = Builder(name, builder, tuple(variants), tuple(int(n) for n in input_shape))
+    configs = tuple(dict(c) for c in (configs.values() if isinstance(configs, dict) else configs))
+    _REGISTRY[name] = Builder(name, builder, tuple(variants), tuple(int(n) for n in input_shape), configs)
 
 
 register("vgg16", vgg.build_vgg16, variants=vgg.VARIANTS)
@@ -81,8 +89,9 @@ def _load_lazy(name: str) -> None:
             raise
         return
     if name not in _REGISTRY and hasattr(module, "builder"):
+        configs = getattr(module, "CONFIGS", getattr(module, "DATASET_CONFIGS", ()))
         register(name, module.builder, variants=getattr(module, "VARIANTS", ("keras",)),
-                 input_shape=getattr(module, "INPUT_SHAPE", (224, 224, 3)))
+                 input_shape=getattr(module, "INPUT_SHAPE", (224, 224, 3)), configs=configs)
 
 
 def available() -> list[str]:
