@@ -6,6 +6,8 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rlrp_ref import layers as L
 from rlrp_ref.cli import main
@@ -62,6 +64,21 @@ def test_reversed_ranks_give_spearman_minus_one_and_no_topk_overlap():
     assert report.pearson == pytest.approx(-1.0)
     assert report.topk_overlap == 0.0
     assert not report.passed
+
+
+@given(seed=st.integers(0, 2**32 - 1), scale=st.floats(1e-6, 1e6), noise=st.floats(0.0, 1e-3))
+def test_compare_is_scale_free(seed, scale, noise):
+    """Relative error, correlations, overlap and the verdict (atol 0) do not depend on the relevance's unit."""
+    rng = np.random.default_rng(seed)
+    expected = rng.normal(size=(3, 40))
+    theirs = expected + noise * rng.normal(size=expected.shape)
+    base = compare(expected, theirs, "epsilon", rtol=1e-4, atol=0)
+    scaled = compare(scale * expected, scale * theirs, "epsilon", rtol=1e-4, atol=0)
+    assert scaled.passed == base.passed
+    assert scaled.max_rel_error == pytest.approx(base.max_rel_error, rel=1e-9, abs=1e-15)
+    assert scaled.spearman == base.spearman and scaled.topk_overlap == base.topk_overlap
+    assert scaled.pearson == pytest.approx(base.pearson, rel=1e-9)
+    assert base.passed == bool(base.max_rel_error <= 1e-4)
 
 
 def test_topk_overlap_counts_shared_top_features():
