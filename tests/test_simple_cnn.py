@@ -79,3 +79,27 @@ def test_shipped_weights_do_not_fit_the_other_dataset():
     path = str(WEIGHTS.joinpath("simple_cnn_digits.h5"))
     with pytest.raises(weights_import.WeightsError, match="dense"):
         models.build("simple_cnn", weights=path, **DATASET_CONFIGS["shapes"])
+
+
+def test_shipped_weights_load_in_keras_and_give_the_same_logits():
+    """The files really are in the Keras legacy layout: Keras itself loads them into the same architecture."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    pytest.importorskip("torch", reason="needs torch (rlrp-ref[crosscheck] extra) as the Keras backend")
+    keras = pytest.importorskip("keras", reason="needs keras (rlrp-ref[crosscheck] extra)")
+    from rlrp_ref.data import digits
+    from rlrp_ref.models.simple_cnn import load_bundled
+
+    layers = keras.layers
+    reference = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        layers.Conv2D(8, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(16, 3, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dense(64, activation="relu"), layers.Dense(10),
+    ])
+    reference.load_weights(str(WEIGHTS.joinpath("simple_cnn_digits.h5")))
+    x, _ = digits.load_split("test")
+    ours = load_bundled("digits", dtype="float32").forward(x)
+    theirs = np.asarray(reference.predict(x, verbose=0))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
