@@ -201,7 +201,9 @@ def test_engine_reproduces_the_shipped_vectors(manifest):
         model = load_model(data.path)
         for method, spec in manifest["methods"].items():
             ours = expected_relevance(model, data.inputs, data.targets, method, spec["params"])
-            np.testing.assert_allclose(ours, data.relevance[method], rtol=0, atol=1e-12, err_msg=f"{entry['name']}/{method}")
+            np.testing.assert_allclose(ours, data.relevance[method], rtol=0, atol=1e-12, err_msg=(
+                f"{entry['name']}/{method} changed; if the engine change is intended, regenerate the shipped copy: "
+                "rlrp-ref vectors --out rlrp_ref/validate/vectors"))
 
 
 def test_smoothgrad_is_reproducible_from_the_stored_draws(manifest):
