@@ -237,7 +237,7 @@ def evaluate_methods(model, x, labels, masks, methods, *, explain_model_for, see
 # ---------------------------------------------------------------------------
 
 
-def _fmt(value, digits=3) -> str:
+def _fmt(value, digits=3, scientific=True) -> str:
     if value is None:
         return "n/a"
     value = float(value)
@@ -245,7 +245,7 @@ def _fmt(value, digits=3) -> str:
         return "undefined"
     if math.isinf(value):
         return "inf"
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+    if scientific and value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
         return f"{value:.2e}"
     return f"{value:.{digits}f}"
 
@@ -309,7 +309,7 @@ def markdown_report(report: dict) -> str:
         if "randomization" not in m:
             continue
         r = m["randomization"]
-        cells = [f"{_fmt(a, 2)} / {_fmt(b, 2)}" for a, b in zip(r["spearman"], r["spearman_abs"])]
+        cells = [f"{_fmt(a, 2, False)} / {_fmt(b, 2, False)}" for a, b in zip(r["spearman"], r["spearman_abs"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

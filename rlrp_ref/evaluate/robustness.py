@@ -27,7 +27,10 @@ Numerical robustness (the failure R-LRP is designed against, RLRP_SPEC.md C1):
 - the share of inputs whose relevance has any non-finite value (NaN or inf);
 - the blow-up ratio ``max_i |R_i| / |f_c(x)|`` per input, with ``f_c(x)`` the
   explained logit. R-LRP guarantees ``<= 1`` (the spec's bound); a rule that
-  divides by a small value can exceed it by orders of magnitude.
+  divides by a small value can exceed it by orders of magnitude. When the
+  explanation starts from another output relevance (e.g. a one-hot vector),
+  the reference is that start's L1 mass ``||R^(L)||_1`` instead, which is what
+  R-LRP's bound is stated against (``|f_c(x)|`` is the default start's mass).
 """
 
 from __future__ import annotations
@@ -140,29 +143,30 @@ def nonfinite_share(relevance) -> float:
     return float(nonfinite_mask(relevance).mean())
 
 
-def blowup_ratio(relevance, target_logit) -> np.ndarray:
-    """``max_i |R_i| / |f_c(x)|`` per input, ``(N,)``.
+def blowup_ratio(relevance, reference) -> np.ndarray:
+    """``max_i |R_i| / |reference|`` per input, ``(N,)``; ``reference`` is the explained
+    logit ``f_c(x)`` (or the start's L1 mass, see the module docstring).
 
     ``inf`` for a non-finite relevance, and for a nonzero relevance at a zero
-    logit; 0 for an all-zero relevance.
+    reference; 0 for an all-zero relevance.
     """
     r = np.abs(np.asarray(relevance, dtype=np.float64))
     r = r.reshape(r.shape[0], -1)
     peak = np.where(nonfinite_mask(r), np.inf, np.nan_to_num(r, nan=0.0).max(axis=1))
-    logit = np.abs(np.asarray(target_logit, dtype=np.float64))
+    logit = np.abs(np.asarray(reference, dtype=np.float64))
     if logit.shape != peak.shape:
-        raise ValueError(f"target_logit: expected shape {peak.shape}, found {logit.shape}")
+        raise ValueError(f"reference: expected shape {peak.shape}, found {logit.shape}")
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(peak == 0, 0.0, np.where(logit > 0, peak / np.where(logit > 0, logit, 1.0), np.inf))
 
 
-def numerical_robustness(relevance, target_logit) -> dict:
+def numerical_robustness(relevance, reference) -> dict:
     """Summary over a batch: ``nonfinite_share``, ``nonfinite_count``, and the
     blow-up ratio's ``ratio_median`` and ``ratio_max`` over the inputs with
     finite relevance (NaN when there is none), ``ratio_over_1`` the share of
     those above 1 + 1e-9 (R-LRP's bound, beyond rounding)."""
     bad = nonfinite_mask(relevance)
-    ratio = blowup_ratio(relevance, target_logit)[~bad]
+    ratio = blowup_ratio(relevance, reference)[~bad]
     return {
         "n": int(bad.size),
         "nonfinite_count": int(bad.sum()),
