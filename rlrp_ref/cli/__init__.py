@@ -20,8 +20,15 @@ import pkgutil
 import sys
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rlrp-ref",
         description="Relative LRP (R-LRP) and classical LRP rules in NumPy.",
     )
@@ -43,6 +50,11 @@ def main(argv=None) -> int:
         return 2
     try:
         code = args.func(args)
+    except BrokenPipeError:
+        # the reader went away (``rlrp-ref trace | head``): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (ValueError, OSError, KeyError) as exc:
         if os.environ.get("RLRP_REF_DEBUG"):
             raise
