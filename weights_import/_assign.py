@@ -59,9 +59,13 @@ def dataset_source(dataset, key: str | None = None, transform: Transform = IDENT
 
 
 def array_source(key: str, value, transform: Transform = IDENTITY) -> Source:
-    """A :class:`Source` over an in-memory array (or anything ``numpy.asarray`` accepts)."""
+    """A :class:`Source` over an in-memory array (or anything ``numpy.asarray`` accepts).
+
+    Reading copies, so the model never shares memory with the caller's arrays
+    (a torch state dict's tensors keep changing while that model trains).
+    """
     arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-    return Source(key, tuple(arr.shape), arr.dtype, lambda dtype: np.asarray(arr, dtype=dtype), transform)
+    return Source(key, tuple(arr.shape), arr.dtype, lambda dtype: np.array(arr, dtype=dtype, copy=True), transform)
 
 
 def _fmt_shapes(pairs) -> str:
