@@ -263,6 +263,20 @@ def test_keras3_foreign_names_fall_back_to_order(tmp_path, rng):
     assert_params_equal(target, snapshot(model))
 
 
+def test_keras3_named_extra_layer_is_reported_by_name(tmp_path, rng):
+    model = block_model(rng)
+    path = block_keras3(tmp_path, model)
+    with h5py.File(path, "a") as f:
+        group = f.create_group("layers/dense_1/vars")
+        group.attrs["name"] = "head_2"
+        group["0"], group["1"] = np.ones((3, 2)), np.ones(2)
+    target = zeroed(model)
+    before = snapshot(target)
+    with pytest.raises(WeightsError, match=r"layer 'head_2': expected a layer with weights in model 'block', found weights \[layers/dense_1/vars/0 \(3, 2\)"):
+        weights_import.load(path, target)
+    assert_params_equal(target, before)
+
+
 def test_keras3_count_mismatch(tmp_path, rng):
     model = chain_model(rng, n_conv=12)
     smaller = chain_model(rng, n_conv=11)

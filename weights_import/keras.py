@@ -11,8 +11,9 @@ Keras 3 ``model.save_weights("f.weights.h5")`` stores ``layers/<auto-name>/vars/
 where the auto-names come from the layer class (``conv2d``, ``conv2d_1``, ...,
 ``conv2d_10``) numbered in the order of ``model.layers``, and ``vars/<i>`` in
 the layer's weight order. Recent Keras 3 versions also write the layer's own
-name as the ``name`` attribute of ``vars``: when those names are exactly the
-model's layers with weights, they are used. Otherwise the groups of each class
+name as the ``name`` attribute of ``vars``: when every group has one and they
+are the model's layers with weights (or a subset or superset of them, so that a
+missing or extra layer is reported by name), they are used. Otherwise the groups of each class
 are taken in numeric order (``conv2d_2`` before ``conv2d_10``, never
 alphabetically) and paired with the model's layers of that kind in Keras's
 ``model.layers`` order (:func:`keras_functional_order`).
@@ -126,7 +127,8 @@ def keras3_entries(h5file, model, origin: str) -> dict:
     groups = keras3_groups(h5file, origin)
     model_names = {layer.name for layer in weighted_layers(model)}
     stored = [name for _, name, _ in groups]
-    if all(stored) and len(set(stored)) == len(stored) and set(stored) == model_names:
+    if all(stored) and len(set(stored)) == len(stored) and (set(stored) <= model_names or model_names <= set(stored)):
+        # the file speaks the model's names: match by name, so a missing or extra layer is reported by name
         return {name: [(None, s) for s in sources] for _, name, sources in groups}
     by_kind: dict[str, list] = {}
     for auto_name, _, sources in groups:
