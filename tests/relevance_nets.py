@@ -189,3 +189,7 @@ def naive_rlrp(layer, a, relevance, log):
         sum_in=out.sum(),
     )
     return out.reshape(a.shape)
+
+
+#: every random-net family, by name
+BUILDERS_CLASSICAL = {"dense": dense_net, "conv": conv_net, "residual": residual_net}
