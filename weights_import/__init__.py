@@ -19,13 +19,14 @@ the model is left untouched (nothing half-assigned).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
 from . import keras as _keras
 from . import torch as _torch
-from ._assign import assign, match, weighted_layers
+from ._assign import assign, match
 from .errors import WeightsError
 from .torch import assign_state_dict
 
@@ -50,6 +51,17 @@ def _open(path):
         raise WeightsError(f"{path}: expected a readable HDF5 file, found it truncated or corrupt ({' '.join(str(err).split())})") from None
 
 
+@contextlib.contextmanager
+def _reading(path):
+    """Open ``path`` for reading; an OSError while it is open (a truncated dataset) becomes a WeightsError."""
+    origin = os.fspath(path)
+    try:
+        with _open(path) as h5file:
+            yield h5file
+    except OSError as err:
+        raise WeightsError(f"{origin}: expected a readable HDF5 file, found an error while reading ({' '.join(str(err).split())})") from None
+
+
 def _layout_of(h5file, origin: str) -> str:
     import h5py
 
@@ -72,7 +84,7 @@ def _layout_of(h5file, origin: str) -> str:
 
 def detect_layout(path) -> str:
     """One of :data:`LAYOUTS`, or :class:`WeightsError`."""
-    with _open(path) as h5file:
+    with _reading(path) as h5file:
         return _layout_of(h5file, os.fspath(path))
 
 
@@ -94,12 +106,8 @@ def load(path, model) -> None:
     copy of the new ones.
     """
     origin = os.fspath(path)
-    try:
-        with _open(path) as h5file:
-            layout = _layout_of(h5file, origin)
-            assign(model, _entries(h5file, layout, model, origin), origin)
-    except OSError as err:
-        raise WeightsError(f"{origin}: expected a readable HDF5 file, found an error while reading ({' '.join(str(err).split())})") from None
+    with _reading(path) as h5file:
+        assign(model, _entries(h5file, _layout_of(h5file, origin), model, origin), origin)
 
 
 def read(path) -> dict[str, dict[str, np.ndarray]]:
@@ -111,7 +119,7 @@ def read(path) -> dict[str, dict[str, np.ndarray]]:
     (``kernel:0``, ``0``, ``weight``, ...).
     """
     origin = os.fspath(path)
-    with _open(path) as h5file:
+    with _reading(path) as h5file:
         stored = _stored_items(h5file, _layout_of(h5file, origin), origin)
         return {key: {name: src.read(src.dtype) for name, src in items} for key, items in stored.items()}
 
@@ -186,7 +194,7 @@ def inspect(path, fits: bool = True) -> dict:
     against zero-memory placeholder models (no weights are read or allocated).
     """
     origin = os.fspath(path)
-    with _open(path) as h5file:
+    with _reading(path) as h5file:
         layout = _layout_of(h5file, origin)
         stored = _stored_items(h5file, layout, origin)
         layers = [(key, [(name, tuple(src.shape), str(np.dtype(src.dtype))) for name, src in items])
