@@ -11,27 +11,27 @@ Index conventions (used by every layer and every rule):
 - output pixel ``(p, q)`` reads padded input pixel
   ``(p * sh + i, q * sw + j)``.
 
-Every matrix product goes through :func:`gemm` (NumPy's ``matmul``, i.e. the
-BLAS NumPy is built with). A convolution takes one of three routes, all
-computing the same sums:
+A convolution is one GEMM: on the (strided) input itself for a 1x1 kernel,
+otherwise on the im2col matrix ``(N * Ho * Wo, kh * kw * C)``, one gather
+copy of the windows. Its vjp is one GEMM too, by one of two routes:
 
-- 1x1 kernel: the (strided) input *is* the GEMM operand, one GEMM;
-- stride 1, enough channels, large maps: **shifted GEMMs**. Flattened to
-  ``(N * Hp * Wp, C)``, the padded input is read at offset ``i * Wp + j`` as a
-  contiguous block of rows, one per kernel offset, and ``kh * kw`` GEMMs
-  accumulate into an output laid out on the padded ``Hp x Wp`` grid; the
-  ``Wp - Wo`` extra columns and ``Hp - Ho`` extra rows of each image are
-  computed and cropped off. The input is never copied; the price is the extra
-  grid positions and one add per offset, so this route is taken only on large
-  maps, where the im2col copy would be largest (:data:`SHIFTED_MAX_EXTRA`);
-- otherwise: **im2col**, one copy of the windows into a
-  ``(N * Ho * Wo, kh * kw * C)`` matrix and one GEMM.
+- **scatter** (any stride or padding): ``cols = grad @ kernel2d.T``, then
+  :func:`col2im` adds the ``kh * kw`` column blocks back into the padded input;
+- **gather** (stride 1, when it is cheaper): the vjp of a stride-1 convolution
+  is the convolution of the gradient, padded by ``kh - 1 - top`` etc., with the
+  kernel flipped in space and its channel axes swapped. Its im2col gather
+  copies ``kh * kw * Cout`` values per pixel where the scatter route writes and
+  re-reads ``kh * kw * Cin``; the flipped kernel is a copy of the kernel. So it
+  is taken when ``Cout <= Cin`` and the map has enough pixels to pay for that
+  copy (:data:`GATHER_MIN_PIXELS_PER_FILTER`).
 
-The vjps mirror them: the shifted route accumulates ``grad @ kernel[i, j].T``
-into shifted blocks of the padded input gradient; the im2col route runs one
-GEMM and scatters it back with :func:`col2im`. Backward maps accumulate over
-the ``kh * kw`` kernel offsets: a loop of at most a few dozen vectorized
-operations, never a loop over pixels, channels or batch items.
+NumPy's element-wise work is single-threaded while BLAS uses every core, so
+both routes are chosen to keep the copies few: one large GEMM per layer, no
+per-offset products.
+
+Backward maps accumulate over the ``kh * kw`` kernel offsets: a loop of at most
+a few dozen vectorized operations, never a loop over pixels, channels or batch
+items.
 
 Pooling with stride equal to the pool size and no padding (VGG's and most
 CNNs' pooling) reads the input as ``(N, Ho, kh, Wo, kw, C)`` by a reshape; any
@@ -45,13 +45,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
-#: The shifted-GEMM convolution computes ``Hp * Wp`` grid positions for ``Ho * Wo``
-#: outputs; it is used when the extra fraction is at most this (3x3 "same"
-#: convolutions on maps of about 100x100 and larger), im2col otherwise.
-SHIFTED_MAX_EXTRA = 0.05
-#: ... and when the GEMMs' channel dimension is at least this (a 3-channel image
-#: makes a GEMM too thin to run at full speed; im2col stacks its offsets instead).
-SHIFTED_MIN_CHANNELS = 16
+#: The gather route of a stride-1 convolution's vjp copies the flipped kernel
+#: (``kh * kw * Cin * Cout`` values) on every call; it is taken when the
+#: gradient has at least this many pixels (``N * Ho * Wo``) per output channel,
+#: i.e. when that copy is small next to the GEMM. VGG16 at 224x224, batch 1: the
+#: 224, 112 and 56 maps take it (where ``Cout <= Cin``), 28 and 14 scatter.
+GATHER_MIN_PIXELS_PER_FILTER = 4
+#: :func:`col2im` accumulates channels-first below this many channels.
+COL2IM_CHANNELS_FIRST_BELOW = 8
 
 
 def as_pair(value, what: str = "value") -> tuple[int, int]:
@@ -134,32 +135,6 @@ def padded_shape_of(input_shape, pads: Pads) -> tuple[int, int, int, int]:
 
 
 # ---------------------------------------------------------------------------
-# the one GEMM
-# ---------------------------------------------------------------------------
-
-
-def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, accumulate: bool = False,
-         scratch: np.ndarray | None = None) -> np.ndarray:
-    """``a @ b`` for 2-D arrays, written into ``out`` if given; ``accumulate=True`` adds it to ``out``.
-
-    One BLAS GEMM through ``numpy.matmul``, in the operands' common dtype
-    (float32 stays float32). BLAS takes transposed views (``kernel.T``)
-    without a copy. ``matmul`` cannot add into its output, so ``accumulate``
-    writes the product into ``scratch`` (an array of ``out``'s shape, reused
-    across calls) and adds it.
-    """
-    if out is None:
-        return np.matmul(a, b)
-    if not accumulate:
-        return np.matmul(a, b, out=out)
-    if scratch is None:
-        scratch = np.empty_like(out)
-    np.matmul(a, b, out=scratch)
-    out += scratch
-    return out
-
-
-# ---------------------------------------------------------------------------
 # windows, im2col, col2im
 # ---------------------------------------------------------------------------
 
@@ -192,10 +167,20 @@ def col2im(cols: np.ndarray, padded_shape, kernel_hw, strides) -> np.ndarray:
     """Adjoint of :func:`im2col`: scatter-add ``(N, Ho, Wo, kh, kw, C)`` into the padded input.
 
     ``out[:, p*sh + i, q*sw + j, :] += cols[:, p, q, i, j, :]``, accumulated
-    with one vectorized slice-add per kernel offset ``(i, j)``.
+    with one vectorized slice-add per kernel offset ``(i, j)``. With fewer than
+    :data:`COL2IM_CHANNELS_FIRST_BELOW` channels (an RGB image) the sums run on a
+    channels-first view, whose innermost axis is a whole row of the map rather
+    than 3 channels; the result is then an NHWC view of that array.
     """
     n, ho, wo, kh, kw, c = cols.shape
     sh, sw = strides
+    if c < COL2IM_CHANNELS_FIRST_BELOW:
+        out = np.zeros((padded_shape[0], padded_shape[3], padded_shape[1], padded_shape[2]), dtype=cols.dtype)
+        source = cols.transpose(0, 5, 3, 4, 1, 2)  # (N, C, kh, kw, Ho, Wo), a view
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += source[:, :, i, j]
+        return out.transpose(0, 2, 3, 1)
     out = np.zeros(padded_shape, dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -208,86 +193,51 @@ def col2im(cols: np.ndarray, padded_shape, kernel_hw, strides) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _shifted_route(padded_hw, out_hw, kernel_hw, strides, channels: int) -> bool:
-    """Whether the shifted-GEMM route is the faster one (see the module docstring)."""
-    if tuple(strides) != (1, 1) or kernel_hw[0] * kernel_hw[1] == 1 or channels < SHIFTED_MIN_CHANNELS:
-        return False
-    grid = padded_hw[0] * padded_hw[1]
-    return grid <= (1 + SHIFTED_MAX_EXTRA) * out_hw[0] * out_hw[1]
-
-
-def _shifted_blocks(padded_shape, kernel_hw):
-    """Row offsets ``i * Wp + j`` of the kernel offsets, and the block length, on the flattened grid.
-
-    Output grid position ``r`` (row of the flattened ``(N * Hp * Wp, .)`` grid)
-    reads input row ``r + i * Wp + j``. The last ``(kh - 1) * Wp + kw - 1`` grid
-    positions would read past the end and are never valid outputs, so every
-    block has ``rows = N * Hp * Wp - (kh - 1) * Wp - (kw - 1)`` rows; for a valid
-    output (``p < Ho``, ``q < Wo``) all reads stay inside its own image.
-    """
-    n, hp, wp = padded_shape[:3]
-    kh, kw = kernel_hw
-    rows = n * hp * wp - (kh - 1) * wp - (kw - 1)
-    offsets = [(i, j, i * wp + j) for i in range(kh) for j in range(kw)]
-    return offsets, rows
-
-
 def conv2d_forward(x, kernel, bias, strides, pads) -> np.ndarray:
-    """``y[n,p,q,o] = sum_{i,j,c} xp[n, p*sh+i, q*sw+j, c] * kernel[i,j,c,o] + bias[o]``."""
+    """``y[n,p,q,o] = sum_{i,j,c} xp[n, p*sh+i, q*sw+j, c] * kernel[i,j,c,o] + bias[o]``: one GEMM."""
     kh, kw, cin, cout = kernel.shape
     sh, sw = strides
     n = x.shape[0]
-    dtype = np.result_type(x, kernel)
-    xp = pad_nhwc(x.astype(dtype, copy=False), pads)
+    xp = pad_nhwc(x, pads)
     ho, wo = output_hw(xp.shape[1:3], (kh, kw), strides)
     if kh == kw == 1:
-        y = gemm(xp[:, ::sh, ::sw].reshape(n * ho * wo, cin), kernel.reshape(cin, cout)).reshape(n, ho, wo, cout)
-    elif _shifted_route(xp.shape[1:3], (ho, wo), (kh, kw), strides, cin):
-        xp = np.ascontiguousarray(xp)
-        hp, wp = xp.shape[1:3]
-        flat = xp.reshape(n * hp * wp, cin)
-        grid = np.empty((n * hp * wp, cout), dtype=dtype)
-        offsets, rows = _shifted_blocks(xp.shape, (kh, kw))
-        scratch = np.empty((rows, cout), dtype=dtype)
-        for i, j, offset in offsets:
-            gemm(flat[offset : offset + rows], kernel[i, j], out=grid[:rows], accumulate=offset > 0, scratch=scratch)
-        y = np.ascontiguousarray(grid.reshape(n, hp, wp, cout)[:, :ho, :wo])
+        cols = xp[:, ::sh, ::sw].reshape(n * ho * wo, cin)  # no copy unless strided
     else:
-        y = gemm(im2col(xp, (kh, kw), strides), kernel.reshape(kh * kw * cin, cout)).reshape(n, ho, wo, cout)
+        cols = im2col(xp, (kh, kw), strides)
+    y = np.matmul(cols, kernel.reshape(kh * kw * cin, cout)).reshape(n, ho, wo, cout)
     if bias is not None:
         y += bias
     return y
 
 
+def _gather_route(grad_shape, kernel_shape, strides, pads) -> bool:
+    """Whether a convolution's vjp runs as the transposed convolution (see the module docstring)."""
+    kh, kw, cin, cout = kernel_shape
+    (t, b), (l, r) = pads
+    if tuple(strides) != (1, 1) or kh * kw == 1 or max(t, b) > kh - 1 or max(l, r) > kw - 1:
+        return False
+    n, ho, wo, _ = grad_shape
+    return cout <= cin and n * ho * wo >= GATHER_MIN_PIXELS_PER_FILTER * cout
+
+
 def conv2d_vjp(grad, kernel, input_shape, strides, pads) -> np.ndarray:
-    """Input gradient of a convolution (the adjoint of :func:`conv2d_forward`, same routes)."""
+    """Input gradient of a convolution: one GEMM, then a scatter (:func:`col2im`) or, for stride 1, a gather."""
     kh, kw, cin, cout = kernel.shape
     n, ho, wo, _ = grad.shape
+    (t, b), (l, r) = pads
     dtype = np.result_type(grad, kernel)
     padded_shape = padded_shape_of((n, input_shape[1], input_shape[2], cin), pads)
-    grad2d = grad.reshape(n * ho * wo, cout)
-    if kh == kw == 1:
-        dx = gemm(grad2d, kernel.reshape(cin, cout).T).reshape(n, ho, wo, cin)
-        if padded_shape[1:3] == (ho, wo) and pads == ((0, 0), (0, 0)):
-            return dx
-        xp_grad = np.zeros(padded_shape, dtype=dtype)
-        sh, sw = strides
-        xp_grad[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw] = dx
-    elif _shifted_route(padded_shape[1:3], (ho, wo), (kh, kw), strides, cin):
-        # the gradient on the padded grid, zero at the positions that are not outputs
-        grid = np.zeros(padded_shape[:3] + (cout,), dtype=dtype)
-        grid[:, :ho, :wo] = grad
-        grid = grid.reshape(-1, cout)
-        xp_grad = np.zeros(padded_shape, dtype=dtype)
-        flat = xp_grad.reshape(-1, cin)
-        offsets, rows = _shifted_blocks(padded_shape, (kh, kw))
-        scratch = np.empty((rows, cin), dtype=dtype)
-        for i, j, offset in offsets:
-            gemm(grid[:rows], kernel[i, j].T, out=flat[offset : offset + rows], accumulate=True, scratch=scratch)
-    else:
-        cols = gemm(grad2d, kernel.reshape(kh * kw * cin, cout).T)
-        xp_grad = col2im(cols.reshape(n, ho, wo, kh, kw, cin), padded_shape, (kh, kw), strides)
-    return np.ascontiguousarray(crop_nhwc(xp_grad, pads))
+    if kh == kw == 1 and tuple(strides) == (1, 1) and pads == ((0, 0), (0, 0)):
+        return np.matmul(grad.reshape(n * ho * wo, cout), kernel.reshape(cin, cout).T).reshape(input_shape[:3] + (cin,))
+    if _gather_route(grad.shape, kernel.shape, strides, pads):
+        # dx = correlate(pad(grad), kernel flipped in (i, j), channels swapped)
+        flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
+        grad_padded = pad_nhwc(grad, ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)))
+        dx = np.matmul(im2col(grad_padded, (kh, kw), (1, 1)), flipped)
+        return dx.reshape(n, input_shape[1], input_shape[2], cin)
+    cols = np.matmul(grad.reshape(n * ho * wo, cout), kernel.reshape(kh * kw * cin, cout).T)
+    xp_grad = col2im(cols.reshape(n, ho, wo, kh, kw, cin), padded_shape, (kh, kw), strides)
+    return np.ascontiguousarray(crop_nhwc(xp_grad, pads), dtype=dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -331,49 +281,58 @@ def maxpool_forward(x, pool, strides, pads):
     return windows(xp, pool, strides).max(axis=(-2, -1))
 
 
+def _offset_slice(i, j, out_hw, strides):
+    """Index of the padded-input pixels that window offset ``(i, j)`` reads, one per output pixel."""
+    (ho, wo), (sh, sw) = out_hw, strides
+    return slice(None), slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
+
+
+def _first_max_masks(x, pool, strides, pads):
+    """Padded input, and per window offset ``k = i * kw + j`` its index and where it is the window's winner.
+
+    Yields ``(xp, k, index, hit)``; the winner of a window is its first maximum
+    in row-major offset order, so each window has exactly one hit over all ``k``.
+    """
+    xp = pad_nhwc(x, pads, value=-np.inf)
+    best = maxpool_forward(x, pool, strides, pads)
+    kh, kw = pool
+    unclaimed = None  # windows whose winner is still to be found
+    for k in range(kh * kw):
+        index = _offset_slice(k // kw, k % kw, best.shape[1:3], strides)
+        hit = xp[index] == best
+        if unclaimed is not None:
+            hit &= unclaimed
+        if k < kh * kw - 1:
+            if unclaimed is None:
+                unclaimed = ~hit
+            else:
+                unclaimed ^= hit
+        yield xp, k, index, hit
+
+
 def maxpool_winner(x, pool, strides, pads) -> np.ndarray:
     """Flat window index ``k = i * kw + j`` of each window's maximum (ties: the first in row-major order)."""
-    blocks = _blocked(x, pool, strides, pads)
-    if blocks is not None:
-        n, ho, kh, wo, kw, c = blocks.shape
-        best = blocks.max(axis=(2, 4))
-        winner = np.full((n, ho, wo, c), kh * kw, dtype=np.intp)
-        # visit offsets last to first, so the first maximum in row-major order is written last
-        for k in reversed(range(kh * kw)):
-            winner[blocks[:, :, k // kw, :, k % kw, :] == best] = k
-        return winner
-    xp = pad_nhwc(x, pads, value=-np.inf)
-    win = windows(xp, pool, strides)
-    flat = win.reshape(win.shape[:4] + (pool[0] * pool[1],))
-    return flat.argmax(axis=-1)
+    winner = None
+    for xp, k, index, hit in _first_max_masks(x, pool, strides, pads):
+        if winner is None:
+            winner = np.zeros(hit.shape, dtype=np.intp)
+        winner[hit] = k
+    return winner
 
 
 def maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
-    """Route each output gradient to its window's winner (:func:`maxpool_winner`)."""
-    blocks = _blocked(x, pool, strides, pads)
-    if blocks is not None:
-        n, ho, kh, wo, kw, c = blocks.shape
-        dtype = np.result_type(x, grad)
-        best = blocks.max(axis=(2, 4))
-        out = np.empty(blocks.shape, dtype=dtype)
-        unclaimed = None  # windows whose winner is still to be found, in row-major offset order
-        for k in range(kh * kw):
-            i, j = divmod(k, kw)
-            hit = blocks[:, :, i, :, j, :] == best
-            if unclaimed is not None:
-                hit &= unclaimed
-            if k < kh * kw - 1:
-                if unclaimed is None:
-                    unclaimed = ~hit
-                else:
-                    unclaimed ^= hit
-            np.multiply(grad, hit, out=out[:, :, i, :, j, :])
-        out += 0  # a negative gradient times "not the winner" is -0.0; make it +0.0 as the general path does
-        return out.reshape(x.shape)
-    winner = maxpool_winner(x, pool, strides, pads)
-    padded_shape = padded_shape_of(x.shape, pads)
-    kw = pool[1]
-    out = scatter_windows(lambda i, j: np.where(winner == i * kw + j, grad, 0), padded_shape, pool, strides, grad.dtype)
+    """Route each output gradient to its window's winner (:func:`maxpool_winner`), one pass per window offset."""
+    (kh, kw), (sh, sw) = pool, strides
+    disjoint = sh >= kh and sw >= kw  # each input pixel is read by at most one window: write, do not add
+    out = None
+    for xp, k, index, hit in _first_max_masks(x, pool, strides, pads):
+        if out is None:
+            out = np.zeros(xp.shape, dtype=np.result_type(x, grad))
+        if disjoint:
+            np.multiply(grad, hit, out=out[index])
+        else:
+            out[index] += grad * hit
+    out += 0  # a negative gradient times "not the winner" is -0.0: make it +0.0
     return np.ascontiguousarray(crop_nhwc(out, pads))
 
 

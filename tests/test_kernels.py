@@ -10,25 +10,22 @@ from oracles import conv2d, conv2d_vjp, pool, pool_vjp
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=1e-4, atol=1e-4)}
 
 
-@pytest.fixture(params=["shifted", "im2col"])
+@pytest.fixture(params=["gather", "scatter"])
 def route(request, monkeypatch):
-    """Force the stride-1 convolution route (the thresholds otherwise pick it by shape)."""
-    if request.param == "shifted":
-        monkeypatch.setattr(kernels, "SHIFTED_MIN_CHANNELS", 1)
-        monkeypatch.setattr(kernels, "SHIFTED_MAX_EXTRA", np.inf)
-    else:
-        monkeypatch.setattr(kernels, "SHIFTED_MIN_CHANNELS", 10**9)
+    """Force the vjp route where both apply (the threshold otherwise picks it by shape)."""
+    monkeypatch.setattr(kernels, "GATHER_MIN_PIXELS_PER_FILTER", 0 if request.param == "gather" else 10**9)
     return request.param
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("kernel_hw", [(3, 3), (2, 3), (1, 1), (3, 1)])
-@pytest.mark.parametrize("padding", ["valid", "same", ((2, 0), (1, 2))])
+@pytest.mark.parametrize("padding", ["valid", "same", ((2, 0), (1, 2)), ((3, 0), (0, 1))])
 @pytest.mark.parametrize("strides", [1, 2, (1, 2)])
-def test_conv_routes_against_loops(rng, route, dtype, kernel_hw, padding, strides):
-    x = rng.standard_normal((3, 6, 7, 4)).astype(dtype)
-    k = rng.standard_normal(kernel_hw + (4, 5)).astype(dtype)
-    b = rng.standard_normal(5).astype(dtype)
+@pytest.mark.parametrize("cin,cout", [(4, 3), (3, 5)])
+def test_conv_routes_against_loops(rng, route, dtype, kernel_hw, padding, strides, cin, cout):
+    x = rng.standard_normal((3, 6, 7, cin)).astype(dtype)
+    k = rng.standard_normal(kernel_hw + (cin, cout)).astype(dtype)
+    b = rng.standard_normal(cout).astype(dtype)
     layer = rr.Conv2D(k, b, strides=strides, padding=padding)
     s = layer.strides
     y = layer.forward(x)
@@ -41,33 +38,17 @@ def test_conv_routes_against_loops(rng, route, dtype, kernel_hw, padding, stride
     np.testing.assert_allclose(dx, conv2d_vjp(x, k.astype(np.float64), g.astype(np.float64), s, padding), **TOL[dtype])
 
 
-def test_route_choice_follows_shape():
-    # VGG-like 3x3 "same" on a 112x112 map with 64 channels: shifted GEMMs
-    assert kernels._shifted_route((114, 114), (112, 112), (3, 3), (1, 1), 64)
-    # on 56x56 (7% extra grid positions) im2col
-    assert not kernels._shifted_route((58, 58), (56, 56), (3, 3), (1, 1), 256)
-    # same on 14x14: 30% extra grid positions, im2col
-    assert not kernels._shifted_route((16, 16), (14, 14), (3, 3), (1, 1), 512)
-    # a 3-channel image, a stride 2 and a 1x1 kernel never take it
-    assert not kernels._shifted_route((226, 226), (224, 224), (3, 3), (1, 1), 3)
-    assert not kernels._shifted_route((226, 226), (112, 112), (3, 3), (2, 2), 64)
-    assert not kernels._shifted_route((56, 56), (56, 56), (1, 1), (1, 1), 64)
-
-
-def test_shifted_route_on_a_wide_map_matches_im2col(rng, monkeypatch):
-    x = rng.standard_normal((2, 20, 22, 16)).astype(np.float32)
-    k = rng.standard_normal((3, 3, 16, 8)).astype(np.float32)
-    assert not kernels._shifted_route((22, 24), (20, 22), (3, 3), (1, 1), 16)  # 20% extra: im2col by default
-    monkeypatch.setattr(kernels, "SHIFTED_MAX_EXTRA", 0.25)
-    assert kernels._shifted_route((22, 24), (20, 22), (3, 3), (1, 1), 16)
-    y_shifted = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
-    g = rng.standard_normal(y_shifted.shape).astype(np.float32)
-    dx_shifted = kernels.conv2d_vjp(g, k, x.shape, (1, 1), ((1, 1), (1, 1)))
-    monkeypatch.setattr(kernels, "SHIFTED_MAX_EXTRA", 0.0)
-    y_cols = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
-    dx_cols = kernels.conv2d_vjp(g, k, x.shape, (1, 1), ((1, 1), (1, 1)))
-    np.testing.assert_allclose(y_shifted, y_cols, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx_shifted, dx_cols, rtol=1e-5, atol=1e-5)
+def test_gather_route_choice():
+    same = ((1, 1), (1, 1))
+    # VGG16's 224x224x64 -> 64 layer, batch 1: gather
+    assert kernels._gather_route((1, 224, 224, 64), (3, 3, 64, 64), (1, 1), same)
+    # more output than input channels, a small map, a stride, a 1x1 kernel, or padding past the kernel: scatter
+    assert not kernels._gather_route((1, 112, 112, 128), (3, 3, 64, 128), (1, 1), same)
+    assert not kernels._gather_route((1, 14, 14, 512), (3, 3, 512, 512), (1, 1), same)
+    assert kernels._gather_route((8, 28, 28, 512), (3, 3, 512, 512), (1, 1), same)
+    assert not kernels._gather_route((1, 112, 112, 64), (3, 3, 64, 64), (2, 2), same)
+    assert not kernels._gather_route((1, 56, 56, 64), (1, 1, 64, 64), (1, 1), ((0, 0), (0, 0)))
+    assert not kernels._gather_route((1, 56, 56, 64), (3, 3, 64, 64), (1, 1), ((3, 0), (0, 0)))
 
 
 def test_float32_stays_float32(rng, route):
@@ -75,35 +56,6 @@ def test_float32_stays_float32(rng, route):
     layer = rr.Conv2D(rng.standard_normal((3, 3, 16, 4)).astype(np.float32), padding="same")
     y = layer.forward(x)
     assert y.dtype == np.float32 and layer.vjp(x, y).dtype == np.float32
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_layouts_and_accumulate(rng, dtype):
-    a = rng.standard_normal((7, 5)).astype(dtype)
-    b = rng.standard_normal((5, 3)).astype(dtype)
-    tol = TOL[dtype]
-    np.testing.assert_allclose(kernels.gemm(a, b), a @ b, **tol)
-    np.testing.assert_allclose(kernels.gemm(a, np.ascontiguousarray(b.T).T), a @ b, **tol)  # Fortran-ordered b
-    np.testing.assert_allclose(kernels.gemm(a[:, ::-1], b[::-1]), a @ b, **tol)  # neither order
-    out = rng.standard_normal((7, 3)).astype(dtype)
-    start = out.copy()
-    result = kernels.gemm(a, b, out=out, accumulate=True)
-    assert result is out
-    np.testing.assert_allclose(out, start + a @ b, **tol)
-    scratch = np.empty_like(out)
-    kernels.gemm(a, b, out=out, accumulate=True, scratch=scratch)
-    np.testing.assert_allclose(out, start + 2 * (a @ b), **tol)
-    kernels.gemm(a, b, out=out)
-    np.testing.assert_allclose(out, a @ b, **tol)
-    assert kernels.gemm(a, b).dtype == dtype
-
-
-def test_gemm_promotes_and_handles_empty(rng):
-    a = rng.standard_normal((4, 3)).astype(np.float32)
-    b = rng.standard_normal((3, 2))
-    assert kernels.gemm(a, b).dtype == np.float64
-    assert kernels.gemm(np.ones((0, 3)), np.ones((3, 2))).shape == (0, 2)
-    np.testing.assert_array_equal(kernels.gemm(np.ones((2, 0)), np.ones((0, 3))), np.zeros((2, 3)))
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
@@ -135,3 +87,15 @@ def test_pad_nhwc_fills_border(rng):
     np.testing.assert_array_equal(kernels.pad_nhwc(x, pads, value=-np.inf),
                                   np.pad(x, ((0, 0), (1, 2), (0, 3), (0, 0)), constant_values=-np.inf))
     assert kernels.pad_nhwc(x, ((0, 0), (0, 0))) is x
+
+
+@pytest.mark.parametrize("channels_first_below", [0, 100])
+@pytest.mark.parametrize("strides", [1, 2])
+def test_col2im_both_layouts_against_loops(rng, monkeypatch, channels_first_below, strides):
+    monkeypatch.setattr(kernels, "COL2IM_CHANNELS_FIRST_BELOW", channels_first_below)
+    monkeypatch.setattr(kernels, "GATHER_MIN_PIXELS_PER_FILTER", 10**9)
+    x = rng.standard_normal((2, 7, 6, 9))
+    k = rng.standard_normal((3, 2, 9, 4))
+    layer = rr.Conv2D(k, strides=strides, padding="same")
+    g = rng.standard_normal(layer.forward(x).shape)
+    np.testing.assert_allclose(layer.vjp(x, g), conv2d_vjp(x, k, g, layer.strides, "same"), rtol=1e-10, atol=1e-10)
