@@ -583,6 +583,24 @@ def test_inspect_recognises_torchvision_resnet50_with_other_classes(tmp_path):
         ("resnet50", "torchvision", True, 10)]
 
 
+@pytest.mark.parametrize("with_names", [True, False])
+def test_inspect_keras3_vgg16_prefers_stored_names(tmp_path, with_names):
+    shape_model = models.shape_model("vgg16")
+    path = tmp_path / "vgg16.weights.h5"
+    with h5py.File(path, "w") as f:  # declared, never written: no storage allocated
+        for i, layer in enumerate(layer for layer in shape_model.iter_layers() if layer.params):
+            auto = "conv2d" if i == 0 else ("dense" if layer.name == "fc1" else None)
+            auto = auto or (f"conv2d_{i}" if layer.kind == "conv2d" else f"dense_{i - 13}")
+            group = f.create_group(f"layers/{auto}/vars")
+            if with_names:
+                group.attrs["name"] = layer.name
+            for j, shape in enumerate(layer.param_shapes().values()):
+                group.create_dataset(str(j), shape=shape, dtype="f4")
+    fits = [(f["builder"], f["variant"]) for f in weights_import.inspect(path)["fits"]]
+    # torchvision's VGG16 has the same shapes in the same order: only the stored names tell them apart
+    assert fits == ([("vgg16", "keras")] if with_names else [("vgg16", "keras"), ("vgg16", "torchvision")])
+
+
 def test_inspect_reports_no_fit(tmp_path, rng):
     path = tmp_path / "chain.h5"
     write_keras_h5(path, chain_model(rng))

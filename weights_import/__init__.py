@@ -157,6 +157,10 @@ def _fits(h5file, layout: str, stored: dict, origin: str) -> list[dict]:
     from rlrp_ref import models
 
     class_counts = _class_counts(stored, layout)
+    if layout == "keras3_weights":
+        stored_names = {name for _, name, _ in _keras.keras3_groups(h5file, origin)}
+    else:
+        stored_names = set(stored)
     fits = []
     for name in models.available():
         builder = models.get_builder(name)
@@ -178,9 +182,16 @@ def _fits(h5file, layout: str, stored: dict, origin: str) -> list[dict]:
                             match(model, _entries(h5file, layout, model, origin), origin)
                         except ValueError:
                             continue
+                        names = {layer.name for layer in model.iter_layers() if layer.params}
                         fits.append({"builder": name, "variant": variant, "include_top": include_top,
-                                     "num_classes": num_classes, "input_shape": input_shape})
+                                     "num_classes": num_classes, "input_shape": input_shape,
+                                     "by_name": names == stored_names})
                         break
+    if any(fit["by_name"] for fit in fits):
+        # a Keras 3 file that names its layers fits the builder with those names; others fit by shapes alone
+        fits = [fit for fit in fits if fit["by_name"]]
+    for fit in fits:
+        del fit["by_name"]
     return fits
 
 
