@@ -152,6 +152,21 @@ class _Walk:
         self.residual = composite.residual
         self.ledger = Ledger()
         self.layers = {} if keep_layers else None
+        self._masses = {}
+
+    def mass(self, relevance):
+        """``||relevance||_1`` per sample, computed once per array (the next step's output is this step's input)."""
+        key = id(relevance)
+        hit = self._masses.get(key)
+        if hit is not None and hit[0] is relevance:
+            return hit[1]
+        value = l1_mass(relevance)
+        self._masses[key] = (relevance, value)
+        return value
+
+    def _remember(self, relevance, mass):
+        if mass is not None:
+            self._masses[id(relevance)] = (relevance, mass)
 
     def run(self, layer: Layer, a, relevance, path=()):
         if self.layers is not None:
@@ -165,7 +180,7 @@ class _Walk:
         if isinstance(layer, Container):
             raise ValueError(f"explain: unknown container kind {type(layer).__name__} ('{layer.name}')")
         rule = self.plan[layer.name]
-        step = rule(layer, a, self.record[layer.name], relevance)
+        step = rule(layer, a, self.record[layer.name], relevance, mass=self.mass(relevance))
         self._log(layer.name, layer.kind, rule.name, step, relevance, path)
         return step.relevance
 
@@ -178,20 +193,21 @@ class _Walk:
         self.ledger.append(LedgerRecord(
             block.name, "residual_split", self.residual.name, split_sum,
             relevance.reshape(n, -1).sum(axis=1, dtype=np.float64), np.ones(n),
-            l1_mass(r_skip) + l1_mass(r_branch), l1_mass(relevance), ties, np.zeros(n, dtype=bool), path,
+            self.mass(r_skip) + self.mass(r_branch), self.mass(relevance), ties, np.zeros(n, dtype=bool), path,
         ))
         from_branch = self.run(block.branch, u, r_branch, path + (f"{block.name}/branch",))
         from_skip = self.run(block.skip, u, r_skip, path + (f"{block.name}/skip",)) if block.skip is not None else r_skip
         contributions = np.add(from_branch, from_skip)
-        step = self.residual.merge(contributions, relevance)
+        step = self.residual.merge(contributions, relevance, mass=self.mass(relevance))
         self._log(block.name, block.kind, self.residual.name, step, relevance, path)
         return step.relevance
 
     def _log(self, name, kind, rule_name, step, relevance_out, path):
         n = relevance_out.shape[0]
+        self._remember(step.relevance, step.l1_in)
         self.ledger.append(LedgerRecord(
             name, kind, rule_name, step.sum_contributions, step.law_rhs, step.scale,
-            l1_mass(step.relevance), l1_mass(relevance_out), np.zeros(n, dtype=np.intp), step.absorbed, path,
+            self.mass(step.relevance), self.mass(relevance_out), np.zeros(n, dtype=np.intp), step.absorbed, path,
         ))
 
 

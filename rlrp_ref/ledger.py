@@ -16,7 +16,9 @@ Fields (RLRP_SPEC.md, "Ledger"), every numeric one a per-sample array ``(N,)``:
 - ``scale``: ``kappa = ||R||_1 / ||Rt||_1`` for R-LRP steps (0 when absorbed),
   1 for every other step;
 - ``l1_out``: ``||R||_1`` at the layer's output (the relevance it receives);
-  ``l1_in``: ``||R||_1`` at its input (the relevance it passes down);
+  ``l1_in``: ``||R||_1`` at its input (the relevance it passes down). An R-LRP
+  step records ``kappa ||Rt||_1`` (0 when absorbed), the norm of what it returns
+  up to rounding; every norm is computed once per array;
 - ``residual_ties``: number of positions where ``s + F == 0`` while ``R_y != 0``
   (``residual_split`` records; 0 elsewhere);
 - ``absorbed``: True where ``||Rt||_1 == 0`` swallowed the whole relevance;

@@ -82,7 +82,9 @@ def stabilize(z: np.ndarray, eps: float) -> np.ndarray:
     """
     if eps == 0:
         return z
-    return np.where(z >= 0, z + eps, z - eps)
+    out = np.where(z >= 0, z.dtype.type(eps), z.dtype.type(-eps)) if z.dtype.kind == "f" else np.where(z >= 0, eps, -eps)
+    out += z
+    return out
 
 
 def divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -180,19 +182,27 @@ class Step:
     law_rhs: np.ndarray
     scale: np.ndarray
     absorbed: np.ndarray
+    #: ``||relevance||_1`` when the rule already knows it (R-LRP: ``kappa ||Rt||_1``), else None
+    l1_in: np.ndarray | None = None
 
 
 def _conserving_step(relevance_in, relevance_out) -> Step:
     n = relevance_in.shape[0]
-    return Step(relevance_in, sample_sum(relevance_in), sample_sum(relevance_out), np.ones(n), np.zeros(n, dtype=bool))
+    total_in = sample_sum(relevance_in)
+    total_out = total_in if relevance_in is relevance_out else sample_sum(relevance_out)
+    return Step(relevance_in, total_in, total_out, np.ones(n), np.zeros(n, dtype=bool))
 
 
 class Rule:
-    """A backward step ``(layer, a, z, R) -> Step``; ``name`` appears in the ledger."""
+    """A backward step ``(layer, a, z, R) -> Step``; ``name`` appears in the ledger.
+
+    ``mass``, when given, is ``||R||_1`` per sample (the walker knows it from the
+    step before); a rule that needs it uses it instead of recomputing it.
+    """
 
     name = "rule"
 
-    def __call__(self, layer: Layer, a: np.ndarray, z: np.ndarray, relevance: np.ndarray) -> Step:  # pragma: no cover
+    def __call__(self, layer: Layer, a: np.ndarray, z: np.ndarray, relevance: np.ndarray, mass=None) -> Step:  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self):
@@ -205,7 +215,7 @@ class Pass(Rule):
 
     name = "pass"
 
-    def __call__(self, layer, a, z, relevance):
+    def __call__(self, layer, a, z, relevance, mass=None):
         return _conserving_step(relevance, relevance)
 
 
@@ -219,7 +229,7 @@ class Gradient(Rule):
 
     name = "gradient"
 
-    def __call__(self, layer, a, z, relevance):
+    def __call__(self, layer, a, z, relevance, mass=None):
         return _conserving_step(layer.vjp(a, relevance), relevance)
 
 
@@ -246,7 +256,7 @@ class RLRP(Rule):
 
     name = "rlrp"
 
-    def __call__(self, layer, a, z, relevance):
+    def __call__(self, layer, a, z, relevance, mass=None):
         contributions = layer.vjp(a, relevance)
         # the product is taken in place unless the vjp handed back a view
         if not contributions.flags.writeable or np.may_share_memory(contributions, relevance):
@@ -254,8 +264,10 @@ class RLRP(Rule):
         contributions *= a
         total = sample_sum(contributions)
         rhs = law_rhs(layer, z, relevance)
-        out, scale, absorbed = relative_rescale(contributions, l1_mass(relevance))
-        return Step(out, total, rhs, scale, absorbed)
+        mass = l1_mass(relevance) if mass is None else mass
+        out, scale, absorbed = relative_rescale(contributions, mass)
+        # ||R_in||_1 = kappa ||Rt||_1 = ||R||_1 (0 where nothing was left to rescale), up to rounding
+        return Step(out, total, rhs, scale, absorbed, np.where(scale > 0, mass, 0.0))
 
 
 class Term(NamedTuple):
@@ -294,7 +306,7 @@ class LRPRule(Rule):
     def groups(self, layer: Layer, a: np.ndarray, z: np.ndarray) -> list[Group]:
         return [Group([Term(a, layer)])]
 
-    def __call__(self, layer, a, z, relevance):
+    def __call__(self, layer, a, z, relevance, mass=None):
         relevance_in = None
         for group in self.groups(layer, a, z):
             denominator = None
@@ -303,10 +315,20 @@ class LRPRule(Rule):
                 part = out if term.coef == 1 else term.coef * out
                 denominator = part if denominator is None else denominator + part
             upper = relevance if group.gate is None else relevance * group.gate
-            quotient = divide(upper, stabilize(denominator, self.stabilizer))
+            if self.stabilizer > 0:  # stab(z) is never 0: a plain division
+                quotient = stabilize(denominator, self.stabilizer)
+                np.divide(upper, quotient, out=quotient)
+            else:
+                quotient = divide(upper, denominator)
             for term in group.terms:
                 grad = term.layer.vjp(term.input, quotient)
-                part = grad * term.input if term.multiply else grad
+                if not term.multiply:
+                    part = grad
+                elif grad.flags.writeable and not np.may_share_memory(grad, relevance) and not np.may_share_memory(grad, quotient):
+                    grad *= term.input
+                    part = grad
+                else:
+                    part = grad * term.input
                 coef = group.weight * term.coef
                 if coef != 1:
                     part = part * a.dtype.type(coef)
@@ -579,12 +601,13 @@ class ResidualRule:
     def split(self, skip, branch, relevance):
         return ratio_split(skip, branch, relevance, self.split_eps)
 
-    def merge(self, contributions: np.ndarray, relevance_out: np.ndarray) -> Step:
+    def merge(self, contributions: np.ndarray, relevance_out: np.ndarray, mass=None) -> Step:
         if not self.rescale:
             return _conserving_step(contributions, relevance_out)
         total = sample_sum(contributions)
-        out, scale, absorbed = relative_rescale(contributions, l1_mass(relevance_out))
-        return Step(out, total, total, scale, absorbed)
+        mass = l1_mass(relevance_out) if mass is None else mass
+        out, scale, absorbed = relative_rescale(contributions, mass)
+        return Step(out, total, total, scale, absorbed, np.where(scale > 0, mass, 0.0))
 
 
 class RLRPResidual(ResidualRule):
