@@ -37,6 +37,21 @@ A single-rule method (``lrp0``, ``epsilon``, ``gamma``, ``alphabeta``, ``zplus``
 with the same base map; ``lrp0`` uses no stabilizer anywhere (pooling and
 residual sums included), so that with zero biases it conserves relevance exactly.
 
+Two things to know when comparing with Zennit's numbers (tests/test_crosscheck_zennit.py
+matches them to 1e-12 in float64 once both are accounted for):
+
+- Zennit's ``MergeBatchNorm`` canonizer folds a BatchNorm into the layer before
+  it and then leaves the BatchNorm computing ``x / sqrt(1 + eps)``, so with
+  ``eps > 0`` (torch's 1e-5) Zennit explains a model scaled by about
+  ``1 - 5e-6`` per folded BatchNorm. :func:`rlrp_ref.canonize.fold_batchnorm`
+  is exact; moving ``eps`` into the running variance (the same function) makes
+  the two agree.
+- torchvision VGG's ``AdaptiveAvgPool2d((7, 7))`` is the identity at 224x224,
+  yet Zennit gives it the ``Norm`` rule, ``R a / (a + 1e-6 sign0(a))``. A model
+  that drops it (or keeps it as an ``Identity``, which passes relevance) differs
+  from Zennit by up to about 1e-5 relative; keeping it as ``AvgPool2D(1)``
+  reproduces Zennit.
+
 ``rlrp`` applies R-LRP to every linear map (Dense, Conv2D, both poolings, a
 leftover BatchNorm), passes element-wise layers, and uses R-LRP's residual rule.
 """

@@ -288,3 +288,12 @@ def test_maxpool_is_a_selection_with_first_index_ties():
     np.testing.assert_array_equal(e.relevance[0, :, :, 0], [[2.0, 0.0], [0.0, 0.0]])
     w = linear_matrix(model.layers[0], x[0])
     np.testing.assert_array_equal(w[:, 0], [1, 0, 0, 0])
+
+
+def test_a_bare_layer_is_explained_as_a_one_layer_model():
+    rng = np.random.default_rng(2)
+    layer = rr.Dense(rng.standard_normal((4, 3)), rng.standard_normal(3))
+    x = rng.standard_normal((2, 4))
+    e = rr.explain(layer, x)
+    np.testing.assert_allclose(e.relevance, rr.explain(rr.Sequential([layer.copy()]), x).relevance, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(e.relevance).sum(axis=1), np.abs(e.logits[np.arange(2), e.target]), rtol=1e-12)
