@@ -503,7 +503,9 @@ class BatchNorm(Layer):
     def forward(self, x):
         x = self._check_input(x, channels=self.channels)
         scale, shift = self.scale_shift()
-        return x * scale + shift
+        y = x * scale
+        y += shift  # in place: one temporary of the activation's size, not two
+        return y
 
     def vjp(self, x, grad):
         """``grad * gamma / sqrt(moving_variance + epsilon)``."""
