@@ -370,12 +370,13 @@ def test_cli_evaluate_plots(tmp_path, capsys):
     ("--methods", "rlrp,bogus", "unknown method 'bogus'"),
     ("--model", "cifar", "unknown model 'cifar'"),
     ("--perturbation", "salt", "unknown perturbation 'salt'"),
+    ("--out", "missing/parent/out", "parent folder"),
 ])
 def test_cli_evaluate_bad_input_one_line_no_output(tmp_path, capsys, flag, value, message):
     out = tmp_path / "never"
     argv = ["evaluate", "--model", "shapes", "--methods", "rlrp", "--perturbation", "zero", "--n", "3",
             "--out", str(out), "--no-plots"]
-    argv[argv.index(flag) + 1] = value
+    argv[argv.index(flag) + 1] = value if flag != "--out" else str(tmp_path / value)
     code, captured = _run_cli(argv, capsys)
     assert code == 2
     lines = captured.err.strip().splitlines()

@@ -401,6 +401,9 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: expected a folder, found a file")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():  # checked before the long run, not after it
+        raise UserError(f"--out {out}: parent folder {parent} does not exist")
     model = bundled_model(args.model)
     x, labels, masks = load_images(args.model, args.n)
     patch = args.patch if args.patch is not None else (2 if args.model == "shapes" else 1)
