@@ -297,3 +297,19 @@ def test_a_bare_layer_is_explained_as_a_one_layer_model():
     e = rr.explain(layer, x)
     np.testing.assert_allclose(e.relevance, rr.explain(rr.Sequential([layer.copy()]), x).relevance, rtol=1e-12)
     np.testing.assert_allclose(np.abs(e.relevance).sum(axis=1), np.abs(e.logits[np.arange(2), e.target]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["rlrp", "epsilon", "lrp0", "gradient", "gradient_x_input"])
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_one_forward_pass_per_explanation(kind, method):
+    """Every rule reads the one trace: each layer runs forward exactly once (nothing is recomputed)."""
+    build = BUILDERS[kind]
+    model, x = build(3) if kind == "residual" else build(3, allow_smooth=False)
+    calls = {}
+    for layer in model.iter_layers():
+        def counting(inp, _layer=layer, _forward=layer.forward):
+            calls[_layer.name] = calls.get(_layer.name, 0) + 1
+            return _forward(inp)
+        layer.forward = counting
+    rr.explain(model, x, method=method)
+    assert calls == {layer.name: 1 for layer in model.iter_layers()}
