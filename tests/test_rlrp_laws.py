@@ -62,6 +62,12 @@ def test_rlrp_matches_naive_spec_and_ledger(kind, seed):
                 assert abs(record.sum_contributions[n] - record.law_rhs[n]) <= 1e-9 * scale_rhs
                 # L2: sum_i R_i = kappa * sum_j (z_j - b_j) R_j
                 assert abs(entry["sum_in"] - record.scale[n] * record.law_rhs[n]) <= 1e-8 * max(1.0, abs(entry["sum_in"]))
+    # L2 once more on the arrays explain returned, for the top-level linear maps
+    inputs = _top_inputs_relevance(model, e)
+    for record in e.ledger:
+        if record.path == () and record.rule in ("rlrp", "rlrp_residual") and record.kind != "residual_split":
+            sums = inputs[record.name].reshape(len(x), -1).sum(axis=1)
+            np.testing.assert_allclose(sums, record.scale * record.law_rhs, rtol=1e-8, atol=1e-10 * np.abs(e.output_relevance).max())
 
 
 @given(kind=NETS, seed=SEEDS, dtype=st.sampled_from([np.float64, np.float32]))

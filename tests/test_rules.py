@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rlrp_ref as rr
-from relevance_nets import BUILDERS_CLASSICAL, conv_net, dense_net, linear_matrix, residual_net
+from relevance_nets import BUILDERS_CLASSICAL, conv_net, dense_net, linear_matrix
 from rlrp_ref import rules
 
 SEEDS = st.integers(0, 2**31 - 1)
