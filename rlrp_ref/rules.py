@@ -304,6 +304,10 @@ class LRPRule(Rule):
     stabilizer = ZENNIT_STABILIZER
 
     def groups(self, layer: Layer, a: np.ndarray, z: np.ndarray) -> list[Group]:
+        """The rule's terms for ``layer`` with input ``a`` and traced output ``z``.
+
+        The base (LRP-0/epsilon/Norm) form is the layer as it is: one term ``(a, layer, 1)``.
+        """
         return [Group([Term(a, layer)])]
 
     def __call__(self, layer, a, z, relevance, mass=None):
@@ -599,9 +603,14 @@ class ResidualRule:
     rescale = False
 
     def split(self, skip, branch, relevance):
+        """``(R_s, R_F, ties)`` for ``R_y`` at ``y = s + F`` (:func:`ratio_split` with ``split_eps``)."""
         return ratio_split(skip, branch, relevance, self.split_eps)
 
     def merge(self, contributions: np.ndarray, relevance_out: np.ndarray, mass=None) -> Step:
+        """``R_u`` from ``Rt_u = R_{s->u} + R_{F->u}``: as is, or rescaled to ``||R_y||_1`` (``rescale``).
+
+        ``mass`` is ``||R_y||_1`` when the caller knows it.
+        """
         if not self.rescale:
             return _conserving_step(contributions, relevance_out)
         total = sample_sum(contributions)
