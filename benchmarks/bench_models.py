@@ -8,7 +8,8 @@ from ``rlrp_ref.models.build``) it measures, each in a fresh worker process:
 
 - ours: ``model.forward`` and ``rlrp_ref.explain(model, x, method=m)`` for
   ``rlrp``, ``epsilon``, ``epsilon_plus_flat``, ``epsilon_gamma_box``; the
-  minimum over ``--repeats`` runs after one warm-up; the peak RSS
+  minimum over ``--repeats`` runs after one warm-up, in each of ``--rounds``
+  worker processes (alternating with Zennit's); the peak RSS
   (``VmHWM``, reset after the model is built, so it counts the weights that stay
   resident plus everything the method allocates);
 - Zennit (when torch, torchvision and zennit are installed): the same
@@ -247,6 +248,22 @@ def zennit_worker(args) -> dict:
     return result
 
 
+def merge_rounds(previous: dict | None, current: dict | None) -> dict | None:
+    """Combine two rounds of one worker: per method the minimum time, all times, the larger peak RSS; the best GEMM rate."""
+    if previous is None or current is None:
+        return previous or current
+    for method, entry in current["methods"].items():
+        old = previous["methods"].get(method)
+        if old is not None:
+            entry["all"] = old["all"] + entry["all"]
+            entry["seconds"] = min(old["seconds"], entry["seconds"])
+            entry["peak_rss"] = max(old["peak_rss"], entry["peak_rss"])
+    for dtype, rate in previous.get("gemm", {}).items():
+        if rate["gflops"] > current.get("gemm", {}).get(dtype, {"gflops": 0})["gflops"]:
+            current.setdefault("gemm", {})[dtype] = rate
+    return current
+
+
 def run_worker(kind: str, args, model: str, dtype: str, batch: int) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", kind, "--models", model, "--dtypes", dtype, "--batches", str(batch),
            "--methods", ",".join(args.methods), "--repeats", str(args.repeats), "--threads", str(args.threads),
@@ -308,7 +325,8 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", type=csv, default=["float32", "float64"])
     p.add_argument("--batches", type=lambda s: [int(v) for v in csv(s)], default=[1, 8])
     p.add_argument("--methods", type=csv, default=list(METHODS), help="comma-separated, from " + ",".join(METHODS))
-    p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the minimum is reported")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up, per round; the minimum is reported")
+    p.add_argument("--rounds", type=int, default=1, help="fresh worker processes per configuration, ours and Zennit alternating")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="BLAS / torch threads (default: all cores)")
     p.add_argument("--variant", default="torchvision", help="rlrp_ref model variant (torchvision: Zennit's architecture)")
     p.add_argument("--side", type=int, default=224, help="input side (pixels)")
@@ -345,7 +363,7 @@ def main(argv=None) -> int:
         "machine": platform.machine(), "processor": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads,
         "python": platform.python_version(), "numpy": np.__version__, "blas": blas_info(),
         "env": {k: os.environ.get(k) for k in ENV_KNOBS}, "variant": args.variant, "side": args.side,
-        "repeats": args.repeats, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "repeats": args.repeats, "rounds": args.rounds, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"CPU: {meta['processor']} ({meta['cpus']} logical CPUs); threads: {args.threads}")
     for lib in meta["blas"]:
@@ -364,9 +382,10 @@ def main(argv=None) -> int:
         for dtype in args.dtypes:
             for batch in args.batches:
                 run = {"model": model, "dtype": dtype, "batch": batch}
-                run["ours"] = run_worker("ours", args, model, dtype, batch)
-                if with_zennit:
-                    run["zennit"] = run_worker("zennit", args, model, dtype, batch)
+                for _ in range(args.rounds):  # ours and Zennit alternate, so load bursts hit both
+                    run["ours"] = merge_rounds(run.get("ours"), run_worker("ours", args, model, dtype, batch))
+                    if with_zennit:
+                        run["zennit"] = merge_rounds(run.get("zennit"), run_worker("zennit", args, model, dtype, batch))
                 results.append(run)
                 best = {d: max([rates_start[d]] + ([run["ours"]["gemm"][d]] if run.get("ours") and d in run["ours"].get("gemm", {}) else []),
                                key=lambda r: r["gflops"]) for d in dtypes}

@@ -1,7 +1,7 @@
 """How explanation time grows with input side and batch size: it should be linear in pixels x batch.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_scaling.py
-    python benchmarks/bench_scaling.py --sides 112,224 --batches 1,2 --repeats 1   # quick
+    python benchmarks/bench_scaling.py --sides 112,224 --batches 1,2 --rounds 1   # quick
 
 Two sweeps on one model (default ResNet50, torchvision variant, random weights,
 float32; its global average pooling accepts any side that is a multiple of 32):
@@ -10,7 +10,8 @@ float32; its global average pooling accepts any side that is a multiple of 32):
 - batch 1 ... 16 at side 224.
 
 For each point: ``model.forward`` and ``rlrp_ref.explain(..., method=...)``
-(default ``rlrp``), the minimum of ``--repeats`` runs after one warm-up. The cost
+(default ``rlrp``), the minimum over ``--rounds`` round-robin passes over all
+points after one warm-up run each. The cost
 per pixel (``seconds / (side^2 * batch)``) is compared with the cost per pixel
 at side 224, batch 1; points more than ``--tolerance`` (default 15%) away are
 reported as not linear, with the direction. Writes a PNG (matplotlib, Agg) with
@@ -30,27 +31,32 @@ from pathlib import Path
 import numpy as np
 
 
-def min_time(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def time_points(model, points: list[dict], methods, rounds: int, dtype) -> None:
+    """Fill each point with the minimum time of each method over ``rounds`` round-robin passes.
 
-
-def measure(model, side: int, batch: int, methods, repeats: int, dtype) -> dict:
+    Every point is run once per round, in turn, after one warm-up run each: a burst
+    of load from other processes then spoils one run of several points, not every
+    run of one point.
+    """
     import rlrp_ref
 
-    x = np.random.default_rng(1).standard_normal((batch, side, side, 3)).astype(dtype)
-    out = {}
-    for method in methods:
+    def runner(point, method):
+        x = np.random.default_rng(1).standard_normal((point["batch"], point["side"], point["side"], 3)).astype(dtype)
         if method == "forward":
-            out[method] = min_time(lambda: model.forward(x), repeats)
-        else:
-            out[method] = min_time(lambda m=method: rlrp_ref.explain(model, x, method=m), repeats)
-    return out
+            return lambda: model.forward(x)
+        return lambda: rlrp_ref.explain(model, x, method=method)
+
+    for point in points:
+        for method in methods:
+            runner(point, method)()
+            point[method] = float("inf")
+    for _ in range(rounds):
+        for point in points:
+            for method in methods:
+                fn = runner(point, method)
+                start = time.perf_counter()
+                fn()
+                point[method] = min(point[method], time.perf_counter() - start)
 
 
 def linearity(points: list[dict], reference: dict, method: str, tolerance: float) -> list[str]:
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", type=csv, default=["forward", "rlrp"])
     p.add_argument("--sides", type=lambda s: [int(v) for v in csv(s)], default=[112, 160, 224, 288, 352, 448])
     p.add_argument("--batches", type=lambda s: [int(v) for v in csv(s)], default=[1, 2, 4, 8, 16])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="timed round-robin passes over all points; the minimum is kept")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--tolerance", type=float, default=0.15)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_scaling"),
@@ -123,18 +129,14 @@ def main(argv=None) -> int:
     print("env: " + ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ))
     model = models.build(args.model, variant=args.variant, weights="random", dtype=args.dtype)
 
-    reference = {"side": 224, "batch": 1, **measure(model, 224, 1, args.methods, args.repeats, args.dtype)}
-    sweeps = {"side": [], "batch": []}
-    for side in args.sides:
-        point = reference if side == 224 else {"side": side, "batch": 1,
-                                               **measure(model, side, 1, args.methods, args.repeats, args.dtype)}
-        sweeps["side"].append(point)
-        print(f"side {side:4d} batch  1: " + ", ".join(f"{m} {point[m]:.3f} s" for m in args.methods), flush=True)
-    for batch in args.batches:
-        point = reference if batch == 1 else {"side": 224, "batch": batch,
-                                              **measure(model, 224, batch, args.methods, args.repeats, args.dtype)}
-        sweeps["batch"].append(point)
-        print(f"side  224 batch {batch:2d}: " + ", ".join(f"{m} {point[m]:.3f} s" for m in args.methods), flush=True)
+    reference = {"side": 224, "batch": 1}
+    sweeps = {"side": [reference if side == 224 else {"side": side, "batch": 1} for side in args.sides],
+              "batch": [reference if batch == 1 else {"side": 224, "batch": batch} for batch in args.batches]}
+    points = [reference] + [p for sweep in sweeps.values() for p in sweep if p is not reference]
+    time_points(model, points, args.methods, args.rounds, args.dtype)
+    for name, sweep in sweeps.items():
+        for point in sweep:
+            print(f"side {point['side']:4d} batch {point['batch']:2d}: " + ", ".join(f"{m} {point[m]:.3f} s" for m in args.methods))
 
     notes = [n for m in args.methods for sweep in sweeps.values() for n in linearity(sweep, reference, m, args.tolerance)]
     print("\nlinear in pixels x batch within {:.0%}".format(args.tolerance) if not notes else "\nnot linear:")
