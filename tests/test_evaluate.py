@@ -356,6 +356,22 @@ def test_cli_evaluate_digits_has_no_localization(tmp_path, capsys):
     assert "n/a (no masks)" in (out / "metrics.md").read_text()
 
 
+def test_cli_evaluate_metric_families(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "loc"
+    code, captured = _run_cli(["evaluate", "--model", "shapes", "--methods", "rlrp,epsilon", "--n", "5",
+                               "--metrics", "localization", "--out", str(out), "--no-plots"], capsys)
+    assert code == 0, captured.err
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["settings"]["metrics"] == ["localization"]
+    rlrp = report["methods"]["rlrp"]
+    assert set(rlrp) == {"numerical", "mass_accuracy", "rank_accuracy", "mass_accuracy_undefined"}
+    table = (out / "metrics.md").read_text()
+    assert "mass accuracy" in table and "AOPC" not in table and "randomization" not in table
+    assert "| rlrp | 0.000 |" in table  # numerical robustness is always there: no non-finite relevance
+
+
 def test_cli_evaluate_plots(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="the plots need matplotlib (rlrp-ref[viz])")
     out = tmp_path / "plots"
@@ -371,11 +387,12 @@ def test_cli_evaluate_plots(tmp_path, capsys):
     ("--model", "cifar", "unknown model 'cifar'"),
     ("--perturbation", "salt", "unknown perturbation 'salt'"),
     ("--out", "missing/parent/out", "parent folder"),
+    ("--metrics", "perturbation,speed", "unknown metric family 'speed'"),
 ])
 def test_cli_evaluate_bad_input_one_line_no_output(tmp_path, capsys, flag, value, message):
     out = tmp_path / "never"
     argv = ["evaluate", "--model", "shapes", "--methods", "rlrp", "--perturbation", "zero", "--n", "3",
-            "--out", str(out), "--no-plots"]
+            "--metrics", "noise", "--out", str(out), "--no-plots"]
     argv[argv.index(flag) + 1] = value if flag != "--out" else str(tmp_path / value)
     code, captured = _run_cli(argv, capsys)
     assert code == 2

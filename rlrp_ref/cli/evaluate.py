@@ -29,6 +29,8 @@ from ..outputs import staged_dir
 
 DEFAULT_METHODS = "rlrp,epsilon,epsilon_plus_flat,epsilon_gamma_box,gradient_x_input,integrated_gradients"
 MODELS = ("shapes", "digits")
+#: Metric families ``--metrics`` can choose from (numerical robustness is always measured: it is free).
+FAMILIES = ("perturbation", "localization", "randomization", "noise")
 RANDOM_REFERENCE = "random (reference)"
 
 
@@ -51,6 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--fraction", type=float, default=1.0, help="share of patches perturbed at the last step (default: 1)")
     p.add_argument("--radius", type=float, default=0.05, help="input-noise radius r (L-infinity) for max-sensitivity and Lipschitz (default: 0.05)")
     p.add_argument("--noise-samples", type=int, default=10, help="Monte Carlo samples for max-sensitivity and Lipschitz (default: 10)")
+    p.add_argument("--metrics", default=",".join(FAMILIES),
+                   help=f"comma-separated metric families (default: all: {','.join(FAMILIES)}); numerical robustness is always measured")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib needed)")
     p.set_defaults(func=run)
 
@@ -122,6 +126,15 @@ def check_args(args) -> None:
         raise UserError(f"--fraction: expected 0 < fraction <= 1, found {args.fraction}")
     if not args.radius > 0:
         raise UserError(f"--radius: expected > 0, found {args.radius}")
+    parse_families(args.metrics)
+
+
+def parse_families(text: str) -> tuple[str, ...]:
+    families = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise UserError(f"unknown metric family {unknown[0]!r}: expected some of {', '.join(FAMILIES)}")
+    return tuple(f for f in FAMILIES if f in families)  # canonical order, duplicates dropped
 
 
 # ---------------------------------------------------------------------------
@@ -159,9 +172,9 @@ def _nanmean(values) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def evaluate_methods(model, x, labels, masks, methods, *, explain_model_for, seed=0, patch=1, kind="zero",
-                     steps=32, fraction=1.0, radius=0.05, noise_samples=10, progress=None) -> dict:
-    """Run every metric for every method; return the JSON-ready results.
+def evaluate_methods(model, x, labels, masks, methods, *, explain_model_for, families=FAMILIES, seed=0, patch=1,
+                     kind="zero", steps=32, fraction=1.0, radius=0.05, noise_samples=10, progress=None) -> dict:
+    """Run the metric ``families`` (numerical robustness always) for every method; return JSON-ready results.
 
     ``explain_model_for(method) -> explain_model(model, x, target) -> (relevance, logits)``.
     """
@@ -172,23 +185,27 @@ def evaluate_methods(model, x, labels, masks, methods, *, explain_model_for, see
     target = np.asarray(labels, dtype=np.int64)
     logits = np.asarray(model.forward(x), dtype=np.float64)
     perturb = dict(patch=patch, kind=kind, steps=steps, fraction=fraction, seed=seed)
+    localize = "localization" in families and masks is not None
     results = {}
 
     def perturbation_and_localization(relevance):
-        curves = ev.perturbation_curves(model.forward, x, relevance, target, **perturb)
-        entry = {
-            "aopc_morf": curves["aopc_morf"],
-            "aopc_lerf": curves["aopc_lerf"],
-            "abpc": curves["abpc"],
-            "curve_fraction": curves["morf"].fraction.tolist(),
-            "curve_morf": curves["morf"].mean_curve.tolist(),
-            "curve_lerf": curves["lerf"].mean_curve.tolist(),
-        }
-        if masks is not None:
+        entry = {}
+        if "perturbation" in families:
+            curves = ev.perturbation_curves(model.forward, x, relevance, target, **perturb)
+            entry.update(
+                aopc_morf=curves["aopc_morf"],
+                aopc_lerf=curves["aopc_lerf"],
+                abpc=curves["abpc"],
+                curve_fraction=curves["morf"].fraction.tolist(),
+                curve_morf=curves["morf"].mean_curve.tolist(),
+                curve_lerf=curves["lerf"].mean_curve.tolist(),
+            )
+        if localize:
             mass = ev.relevance_mass_accuracy(relevance, masks)
             rank = ev.relevance_rank_accuracy(relevance, masks, seed=seed)
             entry.update(mass_accuracy=_nanmean(mass), rank_accuracy=_nanmean(rank),
                          mass_accuracy_undefined=int(np.isnan(mass).sum()))
+        progress(2)
         return entry
 
     for method in methods:
@@ -198,33 +215,34 @@ def evaluate_methods(model, x, labels, masks, methods, *, explain_model_for, see
         relevance, method_logits = explain_model(model, x, target)
         progress()
         entry = {"numerical": ev.numerical_robustness(relevance, ev.target_scores(method_logits, target))}
-        clean = np.nan_to_num(relevance, nan=0.0, posinf=0.0, neginf=0.0)
-        entry.update(perturbation_and_localization(clean))
-        progress(2)
+        entry.update(perturbation_and_localization(np.nan_to_num(relevance, nan=0.0, posinf=0.0, neginf=0.0)))
 
         def relevance_only(model_, x_, target_):
             return explain_model(model_, x_, target_)[0]
 
-        randomization = ev.cascading_randomization(relevance_only, model, x, target, seed=seed, original=relevance, progress=progress)
-        entry["randomization"] = {
-            "layers": randomization.layers,
-            "spearman": randomization.mean().tolist(),
-            "spearman_abs": randomization.mean(absolute=True).tolist(),
-            "nonfinite_after": randomization.nonfinite_steps,
-        }
-        noise = ev.input_noise_robustness(ev.bind_model(relevance_only, model), x, target, radius=radius,
-                                          n_samples=noise_samples, seed=seed, original=relevance, progress=progress)
-        entry["noise"] = {
-            "max_sensitivity": _nanmean(noise.sensitivity),
-            "max_sensitivity_relative": _nanmean(noise.relative_sensitivity),
-            "lipschitz": _nanmean(noise.lipschitz),
-            "infinite_count": int(np.sum(~np.isfinite(noise.relative_sensitivity))),
-        }
+        if "randomization" in families:
+            randomization = ev.cascading_randomization(relevance_only, model, x, target, seed=seed, original=relevance,
+                                                       progress=progress)
+            entry["randomization"] = {
+                "layers": randomization.layers,
+                "spearman": randomization.mean().tolist(),
+                "spearman_abs": randomization.mean(absolute=True).tolist(),
+                "nonfinite_after": randomization.nonfinite_steps,
+            }
+        if "noise" in families:
+            noise = ev.input_noise_robustness(ev.bind_model(relevance_only, model), x, target, radius=radius,
+                                              n_samples=noise_samples, seed=seed, original=relevance, progress=progress)
+            entry["noise"] = {
+                "max_sensitivity": _nanmean(noise.sensitivity),
+                "max_sensitivity_relative": _nanmean(noise.relative_sensitivity),
+                "lipschitz": _nanmean(noise.lipschitz),
+                "infinite_count": int(np.sum(~np.isfinite(noise.relative_sensitivity))),
+            }
         results[method] = entry
 
-    reference = np.random.default_rng(seed).normal(size=x.shape)
-    results[RANDOM_REFERENCE] = perturbation_and_localization(reference)
-    progress(2)
+    if "perturbation" in families or localize:
+        reference = np.random.default_rng(seed).normal(size=x.shape)
+        results[RANDOM_REFERENCE] = perturbation_and_localization(reference)
     return {
         "accuracy": float((logits.argmax(axis=1) == target).mean()),
         "parameter_layers": [layer.name for layer in parameter_layers(model)][::-1],
@@ -253,64 +271,69 @@ def _fmt(value, digits=3, scientific=True) -> str:
 def markdown_report(report: dict) -> str:
     s = report["settings"]
     methods = report["methods"]
+    families = s["metrics"]
     has_masks = report["dataset_has_masks"]
-    lines = [
-        f"# Evaluation: model `{s['model']}`, {s['n']} test images",
-        "",
-        f"Model accuracy on these images: {report['accuracy']:.3f}. Target: the true class. "
-        f"Perturbation: `{s['perturbation']}` patches of {s['patch']}x{s['patch']} px, {s['steps']} steps up to "
-        f"{s['fraction']:.0%} of the patches, score = target logit. Noise: r = {s['radius']} (L-inf), "
-        f"{s['noise_samples']} samples. Seed {s['seed']}. Arrows: which direction is better.",
-        "",
-        "## Faithfulness and localization",
-        "",
-        "| method | AOPC MoRF ↑ | AOPC LeRF ↓ | ABPC ↑ | mass accuracy ↑ | rank accuracy ↑ |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in methods.items():
-        if has_masks:
-            loc = [_fmt(m.get("mass_accuracy")), _fmt(m.get("rank_accuracy"))]
-        else:
-            loc = ["n/a (no masks)", "n/a (no masks)"]
-        lines.append(f"| {name} | {_fmt(m['aopc_morf'])} | {_fmt(m['aopc_lerf'])} | {_fmt(m['abpc'])} | {loc[0]} | {loc[1]} |")
-    if not has_masks:
-        lines += ["", "Localization is not measured: the digits dataset has no ground-truth masks."]
-    lines += [
-        "",
-        "## Robustness",
-        "",
-        "| method | rel. max-sensitivity ↓ | max-sensitivity ↓ | local Lipschitz ↓ | non-finite share ↓ | max\\|R\\|/\\|logit\\| median | max\\|R\\|/\\|logit\\| max | share > 1 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in methods.items():
-        if "noise" not in m:
-            continue
-        nz, nu = m["noise"], m["numerical"]
-        lines.append(
-            f"| {name} | {_fmt(nz['max_sensitivity_relative'])} | {_fmt(nz['max_sensitivity'])} | {_fmt(nz['lipschitz'])} | "
-            f"{_fmt(nu['nonfinite_share'])} | {_fmt(nu['ratio_median'])} | {_fmt(nu['ratio_max'])} | {_fmt(nu['ratio_over_1'])} |"
-        )
-    layers = report["parameter_layers"]
-    lines += [
-        "",
-        "Max-sensitivity and the Lipschitz estimate are in each method's own relevance units; "
-        "the relative max-sensitivity (divided by ||R(x)||_2) is the one to compare across methods.",
-        "",
-        "## Cascading parameter randomization",
-        "",
-        "Mean Spearman rank correlation with the original heatmap after randomizing the layers from the top "
-        "down to the named one (signed / absolute maps). Closer to 0 at the bottom is better: the explanation "
-        "depends on the learned weights.",
-        "",
-        "| method | " + " | ".join(f"→ {name}" for name in layers) + " |",
-        "|---|" + "---|" * len(layers),
-    ]
-    for name, m in methods.items():
-        if "randomization" not in m:
-            continue
-        r = m["randomization"]
-        cells = [f"{_fmt(a, 2, False)} / {_fmt(b, 2, False)}" for a, b in zip(r["spearman"], r["spearman_abs"])]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    explained = {name: m for name, m in methods.items() if name != RANDOM_REFERENCE}
+    described = [f"Model accuracy on these images: {report['accuracy']:.3f}. Target: the true class."]
+    if "perturbation" in families:
+        described.append(f"Perturbation: `{s['perturbation']}` patches of {s['patch']}x{s['patch']} px, {s['steps']} steps "
+                         f"up to {s['fraction']:.0%} of the patches, score = target logit.")
+    if "noise" in families:
+        described.append(f"Noise: r = {s['radius']} (L-inf), {s['noise_samples']} samples.")
+    described.append(f"Seed {s['seed']}. Arrows: which direction is better.")
+    lines = [f"# Evaluation: model `{s['model']}`, {s['n']} test images", "", " ".join(described)]
+
+    columns = []
+    if "perturbation" in families:
+        columns += [("AOPC MoRF ↑", "aopc_morf"), ("AOPC LeRF ↓", "aopc_lerf"), ("ABPC ↑", "abpc")]
+    if "localization" in families:
+        columns += [("mass accuracy ↑", "mass_accuracy"), ("rank accuracy ↑", "rank_accuracy")]
+    if columns:
+        lines += ["", "## Faithfulness and localization", "",
+                  "| method | " + " | ".join(title for title, _ in columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        def cell(m, key):
+            if key in ("mass_accuracy", "rank_accuracy") and not has_masks:
+                return "n/a (no masks)"
+            return _fmt(m.get(key))
+
+        for name, m in methods.items():
+            cells = [cell(m, key) for _, key in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if "localization" in families and not has_masks:
+            lines += ["", "Localization is not measured: the digits dataset has no ground-truth masks."]
+
+    columns = []
+    if "noise" in families:
+        columns += [("rel. max-sensitivity ↓", "noise", "max_sensitivity_relative"), ("max-sensitivity ↓", "noise", "max_sensitivity"),
+                    ("local Lipschitz ↓", "noise", "lipschitz")]
+    columns += [("non-finite share ↓", "numerical", "nonfinite_share"),
+                ("max\\|R\\|/\\|logit\\| median", "numerical", "ratio_median"),
+                ("max\\|R\\|/\\|logit\\| max", "numerical", "ratio_max"), ("share > 1", "numerical", "ratio_over_1")]
+    lines += ["", "## Robustness", "", "| method | " + " | ".join(c[0] for c in columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, m in explained.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m[group][key]) for _, group, key in columns) + " |")
+    if "noise" in families:
+        lines += ["", "Max-sensitivity and the Lipschitz estimate are in each method's own relevance units; "
+                  "the relative max-sensitivity (divided by ||R(x)||_2) is the one to compare across methods."]
+
+    if "randomization" in families:
+        layers = report["parameter_layers"]
+        lines += [
+            "",
+            "## Cascading parameter randomization",
+            "",
+            "Mean Spearman rank correlation with the original heatmap after randomizing the layers from the top "
+            "down to the named one (signed / absolute maps). Closer to 0 at the bottom is better: the explanation "
+            "depends on the learned weights.",
+            "",
+            "| method | " + " | ".join(f"→ {name}" for name in layers) + " |",
+            "|---|" + "---|" * len(layers),
+        ]
+        for name, m in explained.items():
+            r = m["randomization"]
+            cells = [f"{_fmt(a, 2, False)} / {_fmt(b, 2, False)}" for a, b in zip(r["spearman"], r["spearman_abs"])]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -331,19 +354,36 @@ def _json_safe(value):
     return value
 
 
-def plot_report(report: dict, folder: Path) -> None:
+def _matplotlib():
     try:
         import matplotlib
     except ImportError:
         raise UserError("plots need matplotlib (pip install 'rlrp-ref[viz]'), or pass --no-plots") from None
     matplotlib.use("Agg")
+    return matplotlib
+
+
+def plot_report(report: dict, folder: Path) -> list[str]:
+    """Write the plots of the families that ran; return their file names."""
+    _matplotlib()
     import matplotlib.pyplot as plt
 
+    written = []
+    families = report["settings"]["metrics"]
     methods = report["methods"]
     # methods can coincide (epsilon and gradient x input on a ReLU network): vary dashes and markers too
     styles = {name: dict(linestyle=("-", "--", "-.", ":")[k % 4], marker="osd^vx<>"[k % 8], markersize=4)
               for k, name in enumerate(m for m in methods if m != RANDOM_REFERENCE)}
     styles[RANDOM_REFERENCE] = dict(color="0.5", linestyle="--")
+    if "perturbation" in families:
+        written.append(_plot_perturbation(plt, report, styles, folder / "perturbation_curves.png"))
+    if "randomization" in families:
+        written.append(_plot_randomization(plt, report, styles, folder / "randomization.png"))
+    return written
+
+
+def _plot_perturbation(plt, report, styles, path) -> str:
+    methods = report["methods"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, order in zip(axes, ("morf", "lerf")):
         for name, m in methods.items():
@@ -355,9 +395,13 @@ def plot_report(report: dict, folder: Path) -> None:
     axes[1].legend(fontsize=8)
     fig.suptitle(f"Region perturbation, model {report['settings']['model']}")
     fig.tight_layout()
-    fig.savefig(folder / "perturbation_curves.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path.name
 
+
+def _plot_randomization(plt, report, styles, path) -> str:
+    methods = report["methods"]
     layers = report["parameter_layers"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, title in zip(axes, ("spearman", "spearman_abs"), ("signed maps", "absolute maps")):
@@ -374,8 +418,9 @@ def plot_report(report: dict, folder: Path) -> None:
     axes[1].legend(fontsize=8)
     fig.suptitle(f"Cascading parameter randomization, model {report['settings']['model']}")
     fig.tight_layout()
-    fig.savefig(folder / "randomization.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path.name
 
 
 # ---------------------------------------------------------------------------
@@ -407,19 +452,23 @@ def run(args) -> int:
     model = bundled_model(args.model)
     x, labels, masks = load_images(args.model, args.n)
     patch = args.patch if args.patch is not None else (2 if args.model == "shapes" else 1)
+    families = parse_families(args.metrics)
+    if not args.no_plots:
+        _matplotlib()  # fail before the long run, not after it
     layers = [layer for layer in model.iter_layers() if layer.params]
-    total = len(methods) * (3 + len(layers) + args.noise_samples) + 2
+    per_method = 3 + len(layers) * ("randomization" in families) + args.noise_samples * ("noise" in families)
+    total = len(methods) * per_method + 2
     progress = _Progress(total, f"evaluate {args.model}")
     try:
         results = evaluate_methods(
-            model, x, labels, masks, methods, explain_model_for=_explain_model_for, seed=args.seed, patch=patch,
+            model, x, labels, masks, methods, explain_model_for=_explain_model_for, families=families, seed=args.seed, patch=patch,
             kind=args.perturbation, steps=args.steps, fraction=args.fraction, radius=args.radius,
             noise_samples=args.noise_samples, progress=progress,
         )
     finally:
         progress.close()
     settings = {
-        "model": args.model, "n": int(len(x)), "methods": methods, "seed": args.seed, "patch": patch,
+        "model": args.model, "n": int(len(x)), "methods": methods, "metrics": list(families), "seed": args.seed, "patch": patch,
         "perturbation": args.perturbation, "steps": args.steps, "fraction": args.fraction,
         "radius": args.radius, "noise_samples": args.noise_samples, "score": "logit", "target": "true class",
         "dtype": "float64",
@@ -428,7 +477,6 @@ def run(args) -> int:
     with staged_dir(out) as folder:
         (folder / "metrics.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n", encoding="utf-8")
         (folder / "metrics.md").write_text(markdown_report(report), encoding="utf-8")
-        if not args.no_plots:
-            plot_report(report, folder)
-    print(f"wrote {out / 'metrics.md'}, metrics.json" + ("" if args.no_plots else ", perturbation_curves.png, randomization.png"))
+        plots = [] if args.no_plots else plot_report(report, folder)
+    print(f"wrote {out / 'metrics.md'}, " + ", ".join(["metrics.json"] + plots))
     return 0
