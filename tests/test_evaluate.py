@@ -334,6 +334,7 @@ def test_cli_evaluate_smoke(tmp_path, capsys):
     assert rlrp["numerical"]["nonfinite_share"] == 0
     assert rlrp["numerical"]["ratio_max"] <= 1 + 1e-9  # R-LRP's bound |R_i| <= |f_c(x)|
     assert len(rlrp["randomization"]["spearman"]) == len(report["parameter_layers"]) == 4
+    assert -1 <= rlrp["randomization"]["input_spearman_abs"] <= 1
     assert len(rlrp["curve_morf"]) == len(rlrp["curve_fraction"]) == 5
     table = (out / "metrics.md").read_text()
     assert "| rlrp |" in table and "mass accuracy" in table and "random (reference)" in table
@@ -400,3 +401,20 @@ def test_cli_evaluate_bad_input_one_line_no_output(tmp_path, capsys, flag, value
     assert len(lines) == 1 and message in lines[0]
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no staging folder left behind either
+
+
+def test_method_explainer_runs_rlrp_explain(rng):
+    from rlrp_ref.evaluate import bind_model, method_explainer
+
+    model = linear_model(rng)
+    x = rng.random((4, 6, 6, 1))
+    target = np.array([0, 1, 2, 0])
+    by_method = bind_model(method_explainer("gradient_x_input"), model)(x, target)
+    np.testing.assert_allclose(by_method, grad_x_input(model)(x, target), rtol=1e-12)
+    # R-LRP through the same adapter: its bound max |R_i| <= |f_c(x)| holds on a small CNN
+    cnn = small_cnn(rng)
+    images = rng.random((6, 8, 8, 1))
+    relevance = bind_model(method_explainer("rlrp"), cnn)(images, np.zeros(6, dtype=int))
+    logits = cnn.forward(images)[:, 0]
+    summary = numerical_robustness(relevance, logits)
+    assert summary["nonfinite_count"] == 0 and summary["ratio_max"] <= 1 + 1e-9

@@ -228,6 +228,8 @@ def evaluate_methods(model, x, labels, masks, methods, *, explain_model_for, fam
                 "spearman": randomization.mean().tolist(),
                 "spearman_abs": randomization.mean(absolute=True).tolist(),
                 "nonfinite_after": randomization.nonfinite_steps,
+                # how much of the heatmap is the input itself (what randomizing weights cannot remove)
+                "input_spearman_abs": _nanmean(ev.spearman_rows(np.abs(ev.spatial_map(relevance)), np.abs(ev.spatial_map(x)))),
             }
         if "noise" in families:
             noise = ev.input_noise_robustness(ev.bind_model(relevance_only, model), x, target, radius=radius,
@@ -325,14 +327,16 @@ def markdown_report(report: dict) -> str:
             "",
             "Mean Spearman rank correlation with the original heatmap after randomizing the layers from the top "
             "down to the named one (signed / absolute maps). Closer to 0 at the bottom is better: the explanation "
-            "depends on the learned weights.",
+            "depends on the learned weights. Last column: Spearman of the intact model's |heatmap| with the "
+            "|input| (a heatmap that copies the input keeps that much correlation whatever the weights).",
             "",
-            "| method | " + " | ".join(f"→ {name}" for name in layers) + " |",
-            "|---|" + "---|" * len(layers),
+            "| method | " + " | ".join(f"→ {name}" for name in layers) + " | \\|R\\| vs \\|input\\| |",
+            "|---|" + "---|" * (len(layers) + 1),
         ]
         for name, m in explained.items():
             r = m["randomization"]
             cells = [f"{_fmt(a, 2, False)} / {_fmt(b, 2, False)}" for a, b in zip(r["spearman"], r["spearman_abs"])]
+            cells.append(_fmt(r["input_spearman_abs"], 2, False))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
