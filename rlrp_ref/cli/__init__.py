@@ -28,6 +28,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rlrp-ref`` parser with every subcommand module of this package registered."""
     parser = OneLineParser(
         prog="rlrp-ref",
         description="Relative LRP (R-LRP) and classical LRP rules in NumPy.",
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run ``rlrp-ref``: 0 on success, 1 when a check fails (validate), 2 on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
