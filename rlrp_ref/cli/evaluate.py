@@ -35,6 +35,7 @@ RANDOM_REFERENCE = "random (reference)"
 
 
 def register(subparsers) -> None:
+    """Add the ``evaluate`` subcommand to the ``rlrp-ref`` parser."""
     p = subparsers.add_parser(
         "evaluate",
         help="measure explanation methods side by side (perturbation, localization, randomization, robustness)",
@@ -98,6 +99,7 @@ BOUNDED_METHODS = ("epsilon_gamma_box", "zbox")
 
 
 def parse_methods(text: str) -> list[str]:
+    """The methods of ``--methods`` (comma-separated), each checked against :func:`known_methods`."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods: expected at least one method")
@@ -111,6 +113,7 @@ def parse_methods(text: str) -> list[str]:
 
 
 def check_args(args) -> None:
+    """Reject bad arguments before anything is computed (a :class:`UserError` naming the flag)."""
     from ..evaluate.perturbation import KINDS
 
     if args.model not in MODELS:
@@ -130,6 +133,7 @@ def check_args(args) -> None:
 
 
 def parse_families(text: str) -> tuple[str, ...]:
+    """The metric families of ``--metrics``, in the canonical order of :data:`FAMILIES`."""
     families = tuple(f.strip() for f in text.split(",") if f.strip())
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
@@ -271,6 +275,7 @@ def _fmt(value, digits=3, scientific=True) -> str:
 
 
 def markdown_report(report: dict) -> str:
+    """``metrics.md``: the tables of the families that ran (arrows say which direction is better)."""
     s = report["settings"]
     methods = report["methods"]
     families = s["metrics"]
@@ -445,6 +450,7 @@ def _explain_model_for(method: str):
 
 
 def run(args) -> int:
+    """Run ``rlrp-ref evaluate``: check, measure, then write every output file at once."""
     check_args(args)
     methods = parse_methods(args.methods)
     out = Path(args.out)

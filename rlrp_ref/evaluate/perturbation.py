@@ -58,10 +58,12 @@ class PerturbationCurve:
 
     @property
     def aopc_per_image(self) -> np.ndarray:
+        """``mean_s (f(x^(0)) - f(x^(k_s)))`` for every image, shape ``(N,)``."""
         return (self.scores[:, :1] - self.scores).mean(axis=1)
 
     @property
     def aopc(self) -> float:
+        """The AOPC of the batch: :attr:`aopc_per_image` averaged over images."""
         return float(self.aopc_per_image.mean())
 
     @property
