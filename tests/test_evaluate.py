@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rlrp_ref import Conv2D, Dense, Flatten, ReLU, Sequential
 from rlrp_ref.evaluate import (
@@ -418,3 +420,40 @@ def test_method_explainer_runs_rlrp_explain(rng):
     logits = cnn.forward(images)[:, 0]
     summary = numerical_robustness(relevance, logits)
     assert summary["nonfinite_count"] == 0 and summary["ratio_max"] <= 1 + 1e-9
+
+
+# ---------------------------------------------------------------------------
+# invariances (property tests)
+# ---------------------------------------------------------------------------
+
+@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3))
+def test_localization_ignores_positive_scale(seed, scale):
+    rng = np.random.default_rng(seed)
+    relevance = rng.normal(size=(3, 6, 6, 2))
+    mask = rng.random((3, 6, 6)) < 0.4
+    mask[:, 0, 0] = True
+    for metric in (relevance_mass_accuracy, relevance_rank_accuracy):
+        np.testing.assert_allclose(metric(scale * relevance, mask), metric(relevance, mask), rtol=1e-9)
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+def test_spearman_ignores_monotone_maps_and_flips_with_sign(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(2, 4, 30))
+    rho = spearman_rows(a, b)
+    np.testing.assert_allclose(spearman_rows(np.exp(a), b ** 3), rho, atol=1e-12)
+    np.testing.assert_allclose(spearman_rows(-a, b), -rho, atol=1e-12)
+    np.testing.assert_allclose(spearman_rows(a, a), 1.0)
+
+
+@given(seed=st.integers(0, 2**31 - 1), patch=st.integers(1, 3))
+def test_reversed_map_swaps_morf_and_lerf(seed, patch):
+    rng = np.random.default_rng(seed)
+    model = linear_model(rng)
+    x = rng.random((3, 6, 6, 1))
+    target = rng.integers(0, 3, size=3)
+    relevance = rng.normal(size=x.shape)  # continuous: no ties between patch sums
+    forward = perturbation_curves(model.forward, x, relevance, target, patch=patch, kind="mean")
+    backward = perturbation_curves(model.forward, x, -relevance, target, patch=patch, kind="mean")
+    np.testing.assert_allclose(forward["morf"].scores, backward["lerf"].scores, rtol=1e-12)
+    np.testing.assert_allclose(forward["abpc"], -backward["abpc"], rtol=1e-9, atol=1e-12)
