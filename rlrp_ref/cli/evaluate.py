@@ -8,6 +8,10 @@ Writes into ``--out`` (all or nothing, through :func:`rlrp_ref.outputs.staged_di
 - ``perturbation_curves.png`` and ``randomization.png`` (matplotlib, Agg),
   unless ``--no-plots``.
 
+``--metrics`` picks the metric families (perturbation, localization,
+randomization, noise; default all); numerical robustness comes free with the
+first explanation and is always reported.
+
 The images are the first ``--n`` of the dataset's test split; each is
 explained for its true class (the class the ground-truth mask belongs to).
 The model runs in float64, the reference mode. Every random draw comes from
