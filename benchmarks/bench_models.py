@@ -369,7 +369,8 @@ def main(argv=None) -> int:
     for lib in meta["blas"]:
         print(f"BLAS: {lib['internal_api']} {lib['version']} ({lib['prefix']}), kernel {lib['architecture']}, "
               f"{lib['num_threads']} threads, {lib['threading_layer']}")
-    print("env: " + ", ".join(f"{k}={v}" for k, v in meta["env"].items() if v is not None) or "env: no BLAS knobs set")
+    knobs = ", ".join(f"{k}={v}" for k, v in meta["env"].items() if v is not None)
+    print(f"env: {knobs or 'no BLAS thread or kernel variables set'}")
     with_zennit = not args.no_zennit and zennit_available()
     if not args.no_zennit and not with_zennit:
         print("Zennit runs skipped: torch, torchvision or zennit is not installed (pip install rlrp-ref[crosscheck])")

@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     threadpool_limits(args.threads)
     for lib in threadpool_info():
         print(f"BLAS: {lib['internal_api']} {lib['version']}, kernel {lib.get('architecture')}, {lib['num_threads']} threads")
-    print("env: " + ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ))
+    knobs = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ)
+    print(f"env: {knobs or 'OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE not set'}")
     model = models.build(args.model, variant=args.variant, weights="random", dtype=args.dtype)
 
     reference = {"side": 224, "batch": 1}
