@@ -225,10 +225,10 @@ def zennit_worker(args) -> dict:
         start[rows, cls] = output[rows, cls]
         return start
 
-    result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "methods": {}}
-    import zennit
+    from importlib.metadata import version
 
-    result["zennit"] = getattr(zennit, "__version__", "unknown")
+    result = {"torch": torch.__version__, "torchvision": torchvision.__version__, "zennit": version("zennit"),
+              "threads": torch.get_num_threads(), "methods": {}}
     for method in sorted({ZENNIT_PEER[m] for m in args.methods}):
         reset_peak_rss()
         if method == "forward":
