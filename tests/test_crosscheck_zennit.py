@@ -32,6 +32,7 @@ from zennit.torchvision import ResNetCanonizer, VGGCanonizer  # noqa: E402
 from zennit.types import Linear  # noqa: E402
 
 import rlrp_ref as rr  # noqa: E402
+from rlrp_ref.validate import compare  # noqa: E402
 
 RTOL = 1e-6
 
@@ -211,11 +212,10 @@ def zennit_relevance(torch_model, x_nhwc, method, canonizers, target, **bounds):
 
 
 def assert_close(ours, theirs, what):
-    scale = np.abs(theirs).max()
-    assert scale > 0, f"{what}: Zennit gave an all-zero attribution"
-    err = np.abs(ours - theirs).max() / scale
-    assert err <= RTOL, f"{what}: relative max difference {err:.3g} > {RTOL}"
-    return err
+    assert np.abs(theirs).max() > 0, f"{what}: Zennit gave an all-zero attribution"
+    report = compare(theirs, ours, what, rtol=RTOL, atol=0.0)  # rlrp_ref.validate: per-sample max relative error
+    assert report.passed, f"{what}: relative max difference {report.max_rel_error:.3g} > {RTOL}\n{report}"
+    return report.max_rel_error
 
 
 SMALL_METHODS = ["epsilon", "zplus", "alphabeta", "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box",
