@@ -24,6 +24,7 @@ keras = pytest.importorskip("keras", reason="needs keras (rlrp-ref[crosscheck] e
 import weights_import  # noqa: E402
 from rlrp_ref import models  # noqa: E402
 from rlrp_ref.preprocess import keras_caffe  # noqa: E402
+from rlrp_ref.validate import compare  # noqa: E402
 
 # Keras's torch backend converts tensors with np.array(x) in its own code (numpy 2 deprecation), not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
@@ -61,7 +62,8 @@ def assert_logits_equal(ours, theirs):
     scale = np.abs(theirs).max()
     assert scale > 0 and np.ptp(theirs) > 1e-3 * scale, "degenerate Keras logits"
     assert ours.shape == theirs.shape and ours.dtype == np.float32
-    assert np.abs(ours - theirs).max() <= 1e-4 * scale, (np.abs(ours - theirs).max(), scale)
+    report = compare(theirs, ours, "logits", rtol=1e-4, atol=0.0)  # rlrp_ref.validate: per-sample max relative error
+    assert report.passed, str(report)
 
 
 @pytest.mark.parametrize("name", ["vgg16", "vgg19", "resnet50"])

@@ -20,6 +20,7 @@ torchvision = pytest.importorskip("torchvision", reason="needs torchvision (rlrp
 import weights_import  # noqa: E402
 from rlrp_ref import models  # noqa: E402
 from rlrp_ref.preprocess import torchvision_normalize  # noqa: E402
+from rlrp_ref.validate import compare  # noqa: E402
 from weights_import import torch_to_h5  # noqa: E402
 
 
@@ -51,7 +52,8 @@ def assert_logits_equal(ours, theirs):
     scale = np.abs(theirs).max()
     assert scale > 0 and np.ptp(theirs) > 1e-3 * scale, "degenerate torch logits"
     assert ours.shape == theirs.shape and ours.dtype == np.float32
-    assert np.abs(ours - theirs).max() <= 1e-4 * scale, (np.abs(ours - theirs).max(), scale)
+    report = compare(theirs, ours, "logits", rtol=1e-4, atol=0.0)  # rlrp_ref.validate: per-sample max relative error
+    assert report.passed, str(report)
 
 
 @pytest.mark.parametrize("name,size", [("vgg16", 224), ("resnet50", 96)])
