@@ -95,9 +95,17 @@ def divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     denominators are divided by as they are: that is the weakness of LRP-0 the
     stress tests show.
     """
-    numerator, denominator = np.broadcast_arrays(numerator, denominator)
-    out = np.zeros(numerator.shape, dtype=np.result_type(numerator, denominator))
-    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    denominator = np.asarray(denominator)
+    zero = denominator == 0
+    if not zero.any():
+        return np.divide(numerator, denominator)
+    # Divide by 1 where the denominator is 0, then multiply those quotients by 0: several times faster
+    # than a masked division, whose branch mispredicts at every switch between zero and non-zero
+    # denominators (ResNet sums are 0 wherever both paths are). Exact for finite numerators, as
+    # relevance is; "+= 0" turns the -0.0 of a negative numerator into +0.0.
+    out = np.divide(numerator, denominator + zero)
+    out *= ~zero
+    out += 0
     return out
 
 
@@ -138,8 +146,12 @@ def ratio_split(skip: np.ndarray, branch: np.ndarray, relevance: np.ndarray, eps
     quotient = divide(relevance, denominator)
     r_skip = skip * quotient
     r_branch = branch * quotient
-    tie_mask = (denominator == 0) & (relevance != 0)
-    ties = tie_mask.reshape(tie_mask.shape[0], -1).sum(axis=1)
+    n = relevance.shape[0]
+    ties = np.zeros(n, dtype=np.intp)
+    zero = denominator == 0  # never true for eps > 0: stab(y) is pushed away from 0
+    if zero.any():
+        tie_mask = zero & (relevance != 0)
+        ties = tie_mask.reshape(n, -1).sum(axis=1)
     if ties.any():
         half = relevance * relevance.dtype.type(0.5)
         r_skip = np.where(tie_mask, half, r_skip)
@@ -156,8 +168,9 @@ def law_rhs(layer: Layer, z: np.ndarray, relevance: np.ndarray) -> np.ndarray:
     total = np.einsum("ij,ij->i", z.reshape(n, -1), relevance.reshape(n, -1), dtype=np.float64)
     bias = bias_of(layer)
     if bias is not None:
-        per_channel = relevance.reshape(n, -1, relevance.shape[-1]).sum(axis=1, dtype=np.float64)
-        total -= per_channel @ bias.astype(np.float64)
+        # sum_j b_j R_j: one matrix-vector product over the channel axis (BLAS), then a float64 sum per sample
+        per_position = relevance.reshape(-1, relevance.shape[-1]) @ bias
+        total -= per_position.reshape(n, -1).sum(axis=1, dtype=np.float64)
     return total
 
 
