@@ -391,6 +391,7 @@ def test_cli_evaluate_plots(tmp_path, capsys):
     ("--perturbation", "salt", "unknown perturbation 'salt'"),
     ("--out", "missing/parent/out", "parent folder"),
     ("--metrics", "perturbation,speed", "unknown metric family 'speed'"),
+    ("--n", "2001", "the shapes test split has 2000 images"),
 ])
 def test_cli_evaluate_bad_input_one_line_no_output(tmp_path, capsys, flag, value, message):
     out = tmp_path / "never"

@@ -83,6 +83,8 @@ def load_images(name: str, n: int):
     from ..data import digits, shapes
 
     if name == "shapes":
+        if n > shapes.SPLIT_SIZES["test"]:  # load_split would generate past the split's end
+            raise UserError(f"--n {n}: the shapes test split has {shapes.SPLIT_SIZES['test']} images")
         return shapes.load_split("test", n=n, dtype=np.float64)
     x, labels = digits.load_split("test", dtype=np.float64)
     if n > len(x):
