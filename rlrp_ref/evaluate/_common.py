@@ -50,9 +50,7 @@ def spatial_map(relevance) -> np.ndarray:
     r = np.asarray(relevance, dtype=np.float64)
     if r.ndim == 4:
         r = r.sum(axis=-1)
-    elif r.ndim == 3 or r.ndim == 2:
-        pass
-    else:
+    elif r.ndim not in (2, 3):
         raise ValueError(f"relevance: expected (N, H, W, C), (N, H, W) or (N, D), found shape {r.shape}")
     return np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
 
