@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import attribution
+from . import attribution, kernels
 from .canonize import fold_batchnorm, unfolded_batchnorms
 from .composites import RELEVANCE_METHODS, Composite
 from .layers import Layer
@@ -251,6 +251,12 @@ def explain(model, x, target=None, method="rlrp", keep_layers: bool = False, **r
     else:
         raise ValueError(f"explain: unknown method {method!r}; known methods: {', '.join(METHODS)}")
 
+    with kernels.workspace():  # the conv scratch buffer lives for this one explanation
+        return _explain(model, x, target, method_name, composite, gradient_fn, keep_layers, rule_params)
+
+
+def _explain(model, x, target, method_name, composite, gradient_fn, keep_layers, rule_params) -> Explanation:
+    """The body of :func:`explain` once the method is resolved: one trace, one backward walk."""
     model_dtype = model.dtype if isinstance(model, Container) else next(iter(model.params.values()), np.zeros(0)).dtype
     x = _check_input(x, model_dtype)
     model = _prepare_model(model, x.dtype)

@@ -40,6 +40,7 @@ other pooling goes through the sliding-window views.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -152,6 +153,24 @@ def windows(xp: np.ndarray, kernel_hw, strides) -> np.ndarray:
 _workspace = threading.local()
 
 
+@contextlib.contextmanager
+def workspace():
+    """Keep the scratch buffer of :func:`_scratch` alive for one whole pass, then free it.
+
+    Model-level entry points (``forward``, ``trace``, ``vjp``, ``explain``) run
+    inside it; nested uses share the outer one, so the buffer is allocated once
+    per pass and released when the outermost pass ends (no memory is held
+    between calls).
+    """
+    _workspace.depth = getattr(_workspace, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _workspace.depth -= 1
+        if _workspace.depth == 0:
+            _workspace.buffer = None
+
+
 def _scratch(shape, dtype) -> np.ndarray:
     """An uninitialized array of ``shape`` in a per-thread buffer reused by every convolution.
 
@@ -159,7 +178,8 @@ def _scratch(shape, dtype) -> np.ndarray:
     afresh for every layer makes the OS hand out and zero new pages each time
     (glibc returns every block above 32 MB to the OS), which cost VGG16's batch-8
     forward pass almost half its time. The buffer grows to the largest matrix
-    seen and stays; it is only ever read by the GEMM right after it is filled.
+    seen; it is only ever read by the GEMM right after it is filled, and it is
+    freed when the outermost :func:`workspace` ends.
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     buffer = getattr(_workspace, "buffer", None)

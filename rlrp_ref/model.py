@@ -12,6 +12,7 @@ import copy
 
 import numpy as np
 
+from . import kernels
 from .layers import Layer, ReLU
 
 
@@ -91,12 +92,14 @@ class Container(Layer):
 
     def forward(self, x):
         """The model output for the batch ``x`` (no activation is kept; see :meth:`trace`)."""
-        return self._run(x, None)
+        with kernels.workspace():
+            return self._run(x, None)
 
     def trace(self, x) -> Trace:
         """Run one forward pass and return every activation (see :class:`Trace`)."""
         record = Trace(x)
-        self._trace_into(x, record)
+        with kernels.workspace():
+            self._trace_into(x, record)
         return record
 
     def _trace_into(self, x, record):
@@ -104,8 +107,9 @@ class Container(Layer):
 
     def vjp(self, x, grad, trace: Trace | None = None):
         """Gradient with respect to ``x``; pass ``trace`` to reuse a forward pass already run."""
-        record = trace if trace is not None else self.trace(x)
-        return self._vjp_from(record, x, np.asarray(grad))
+        with kernels.workspace():
+            record = trace if trace is not None else self.trace(x)
+            return self._vjp_from(record, x, np.asarray(grad))
 
 
 class Sequential(Container):

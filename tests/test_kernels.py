@@ -99,3 +99,30 @@ def test_col2im_both_layouts_against_loops(rng, monkeypatch, channels_first_belo
     layer = rr.Conv2D(k, strides=strides, padding="same")
     g = rng.standard_normal(layer.forward(x).shape)
     np.testing.assert_allclose(layer.vjp(x, g), conv2d_vjp(x, k, g, layer.strides, "same"), rtol=1e-10, atol=1e-10)
+
+
+def test_conv_scratch_buffer_is_freed_after_each_pass():
+    """The im2col scratch buffer lives for one forward/trace/vjp/explain and is not held afterwards."""
+    import rlrp_ref as rr
+    from rlrp_ref import kernels
+
+    rng = np.random.default_rng(0)
+    model = rr.Sequential([rr.Conv2D(rng.standard_normal((3, 3, 2, 4)), padding="same"), rr.ReLU(),
+                           rr.GlobalAvgPool2D(), rr.Dense(rng.standard_normal((4, 3)))])
+    x = rng.standard_normal((2, 40, 40, 2))
+    seen = []
+    original = kernels._scratch
+
+    def spy(shape, dtype):
+        out = original(shape, dtype)
+        seen.append(kernels._workspace.buffer is not None)
+        return out
+
+    kernels._scratch = spy
+    try:
+        for run in (model.forward, model.trace, lambda v: model.vjp(v, np.ones((2, 3))), lambda v: rr.explain(model, v)):
+            run(x)
+            assert getattr(kernels._workspace, "buffer", None) is None
+    finally:
+        kernels._scratch = original
+    assert seen and all(seen)  # the buffer was in use during the passes
