@@ -206,6 +206,23 @@ def test_engine_reproduces_the_shipped_vectors(manifest):
                 "rlrp-ref vectors --out rlrp_ref/validate/vectors"))
 
 
+def test_shipped_rlrp_vectors_match_the_naive_spec(manifest):
+    """Independently of the engine that wrote them: the R-LRP vectors against the explicit-matrix recomputation."""
+    from relevance_nets import naive_rlrp
+
+    from rlrp_ref.canonize import fold_batchnorm
+
+    for entry in manifest["cases"]:
+        data = read_case(PACKAGED_DIR, entry["name"], manifest)
+        model = fold_batchnorm(load_model(data.path))  # RLRP_SPEC.md: BatchNorm is folded before any relevance pass
+        for n, target in enumerate(data.targets):
+            start = np.zeros(data.logits.shape[1])
+            start[target] = data.logits[n, target]
+            want = naive_rlrp(model, data.inputs[n], start, {})
+            np.testing.assert_allclose(data.relevance["rlrp"][n], want, rtol=1e-8, atol=1e-10 * abs(start[target]),
+                                       err_msg=f"{entry['name']} sample {n}")
+
+
 def test_smoothgrad_is_reproducible_from_the_stored_draws(manifest):
     """The recipe docs/validation.md gives to implementations with another random generator."""
     params = manifest["methods"]["smoothgrad"]["params"]
