@@ -123,6 +123,7 @@ def test_non_finite_relevance_fails_and_bad_shapes_raise(rng):
     theirs[0, 1] = np.nan
     report = compare(expected, theirs, "epsilon")
     assert not report.passed and report.laws[0].name == "finite"
+    assert np.isnan(report.topk_overlap) and "n/a (k=" in str(report)  # not computed, so not printed as a number
     with pytest.raises(ValueError, match=r"expected relevance of shape \(2, 6\), found \(2, 5\)"):
         compare(expected, expected[:, :5], "epsilon")
     with pytest.raises(ValueError, match="target_logits"):

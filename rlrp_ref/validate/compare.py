@@ -7,10 +7,12 @@ the sample axis) and returns a :class:`Report`:
 - ``max_rel_error = max_n max_i |theirs - expected| / max_i |expected|``: the
   error of each sample relative to that sample's largest expected relevance
   (an element-wise relative error would be dominated by near-zero entries);
-- ``pearson``, ``spearman``: the smallest per-sample correlation (scipy.stats);
+- ``pearson``, ``spearman``: the smallest per-sample correlation (as scipy.stats);
 - ``topk_overlap``: the smallest per-sample share of the ``k`` largest expected
   relevances that are also among their ``k`` largest (stable order, so equal
   arrays overlap fully);
+- when their relevance has a NaN or inf, the errors are inf, the correlations
+  and the overlap undefined (NaN, printed n/a), and the ``finite`` law fails;
 - ``laws``: the method's own laws checked on *their* relevance alone, when the
   caller supplies what the law needs (``target_logits``; ``bias_free``).
 
@@ -85,7 +87,7 @@ class Report:
             f"{self.max_rel_error:.2e}",
             _fmt_corr(self.pearson),
             _fmt_corr(self.spearman),
-            f"{self.topk_overlap:.2f} (k={self.k})",
+            f"{self.topk_overlap:.2f} (k={self.k})" if math.isfinite(self.topk_overlap) else f"n/a (k={self.k})",
             laws,
             self.result,
         )
@@ -246,7 +248,7 @@ def compare(expected, theirs, method: str, *, rtol: float | None = None, atol: f
     if not np.all(np.isfinite(t)):
         bad = int(t.size - np.count_nonzero(np.isfinite(t)))
         laws = [LawCheck("finite", "every relevance is finite", float(bad), 0.0, False)]
-        return Report(method, False, False, float("inf"), float("inf"), float("nan"), float("nan"), 0.0,
+        return Report(method, False, False, float("inf"), float("inf"), float("nan"), float("nan"), float("nan"),
                       k or default_k(e.shape[1]), rtol, atol, n, laws, case)
     k = default_k(e.shape[1]) if k is None else int(k)
     if not 1 <= k <= e.shape[1]:
