@@ -315,6 +315,13 @@ def test_cli_exit_codes(tmp_path, capsys, manifest):
     out = capsys.readouterr().out
     assert out.count("FAIL") == 2 and f"{first}" in out  # the failing row and the summary
 
+    nan = _write_theirs(tmp_path / "nan.h5", manifest, lambda c, m, v: v * np.nan if (c, m) == (first, method) else v)
+    assert main(["validate", "--theirs", str(nan), "--json", str(tmp_path / "nan.json")]) == 1
+    capsys.readouterr()
+    strict = json.loads((tmp_path / "nan.json").read_text(), parse_constant=lambda token: pytest.fail(f"JSON has {token}"))
+    row = next(r for r in strict["reports"] if (r["case"], r["method"]) == (first, method))
+    assert row["max_abs_error"] == "inf" and row["pearson"] is None and not row["passed"]
+
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, manifest):
     first = manifest["cases"][0]["name"]

@@ -27,11 +27,12 @@ def run(args) -> int:
     """Run ``rlrp-ref validate`` with the parsed arguments; returns the exit code."""
     from ..outputs import staged_file
     from ..validate import PACKAGED_DIR, validate
+    from .evaluate import _json_safe  # strict JSON: NaN -> null, inf -> "inf", as in evaluate's metrics.json
 
     suite = validate(args.vectors or PACKAGED_DIR, args.theirs, methods=args.methods, cases=args.cases)
     if args.json:
         with staged_file(args.json) as tmp:
-            tmp.write_text(json.dumps({"passed": suite.passed, "reports": [r.to_dict() for r in suite.reports]},
-                                      indent=2) + "\n")
+            tmp.write_text(json.dumps(_json_safe({"passed": suite.passed, "reports": [r.to_dict() for r in suite.reports]}),
+                                      indent=2, allow_nan=False) + "\n")
     print(suite)
     return 0 if suite.passed else 1
