@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from memory import peak_mb, reset_peak  # benchmarks/memory.py
 
 MODELS = ("vgg16", "vgg19", "resnet50")
 METHODS = ("forward", "rlrp", "epsilon", "epsilon_plus_flat", "epsilon_gamma_box")
@@ -82,26 +83,12 @@ def min_time(fn, repeats: int) -> tuple[float, list[float]]:
 
 def reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (``VmHWM``) to the current RSS; False where Linux refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return reset_peak()
 
 
 def peak_rss_bytes() -> int:
     """``VmHWM`` of this process (bytes), or ``ru_maxrss`` where ``/proc`` has none."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return int(peak_mb() * 1024 * 1024)
 
 
 def blas_info() -> list[dict]:

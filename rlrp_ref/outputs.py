@@ -9,6 +9,17 @@ import tempfile
 from pathlib import Path
 
 
+def check_out_dir(out) -> Path:
+    """An output folder may exist (as a folder); its parent must. ValueError/FileNotFoundError otherwise."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out}: expected a folder, found a file")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder {out}: parent folder {parent} does not exist")
+    return out
+
+
 @contextlib.contextmanager
 def staged_dir(out_dir):
     """Yield a temporary folder beside ``out_dir``; on success move its files into ``out_dir``.
@@ -17,13 +28,8 @@ def staged_dir(out_dir):
     created nor changed. Files already in ``out_dir`` with the same names are
     replaced; others are left alone.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out}: expected a folder, found a file")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.exists():
-        raise FileNotFoundError(f"output folder {out}: parent folder {parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    out = check_out_dir(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
         out.mkdir(exist_ok=True)

@@ -77,17 +77,6 @@ def check_target(target: int | None, num_classes: int) -> int | None:
     return target
 
 
-def check_out_dir(out) -> Path:
-    """The output folder may exist (as a folder); its parent must."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out}: expected a folder, found a file")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder {out}: parent folder {parent} does not exist")
-    return out
-
-
 def check_images(paths) -> None:
     """Decode every image once, so that a bad one stops the run before any output or progress bar."""
     from ..preprocess import load_image

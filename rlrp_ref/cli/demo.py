@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..outputs import staged_dir
+from ..outputs import check_out_dir, staged_dir
 from . import _common
 
 #: (method, label for the figure); ``epsilon_gamma_box`` gets the input bounds [0, 1].
@@ -98,7 +98,7 @@ def run(args) -> int:
     from ..heatmap import render, save_grid, save_png
     from ..models.simple_cnn import DATASET_CONFIGS
 
-    out = _common.check_out_dir(args.out)
+    out = check_out_dir(args.out)
     prepared = []
     for dataset in DATASET_CONFIGS:
         loaded = _common.load_model("simple_cnn", dataset, dtype="float64")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..outputs import staged_dir
+from ..outputs import check_out_dir, staged_dir
 
 DEFAULT_METHODS = "rlrp,epsilon,epsilon_plus_flat,epsilon_gamma_box,gradient_x_input,integrated_gradients"
 MODELS = ("shapes", "digits")
@@ -459,12 +459,7 @@ def run(args) -> int:
     """Run ``rlrp-ref evaluate``: check, measure, then write every output file at once."""
     check_args(args)
     methods = parse_methods(args.methods)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: expected a folder, found a file")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():  # checked before the long run, not after it
-        raise UserError(f"--out {out}: parent folder {parent} does not exist")
+    out = check_out_dir(args.out)  # before the long run, not after it
     model = bundled_model(args.model)
     x, labels, masks = load_images(args.model, args.n)
     patch = args.patch if args.patch is not None else (2 if args.model == "shapes" else 1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..outputs import staged_dir
+from ..outputs import check_out_dir, staged_dir
 from . import _common
 
 
@@ -47,7 +47,7 @@ def run(args) -> int:
     _common.check_arch(args.arch)
     method = _common.check_method(args.method)
     target = _common.parse_target(args.target)
-    out = _common.check_out_dir(args.out)
+    out = check_out_dir(args.out)
     loaded = _common.load_model(args.arch, args.weights, args.variant, args.size, args.dtype)
     _common.check_target(target, loaded.num_classes)
     _common.check_images(args.images)
