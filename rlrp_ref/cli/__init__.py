@@ -57,10 +57,10 @@ def main(argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError) as exc:
         if os.environ.get("RLRP_REF_DEBUG"):
             raise
-        message = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0] if exc.args else exc)
+        message = str(exc)
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
             message = f"{message}: {exc.filename}"
         print(f"rlrp-ref {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
