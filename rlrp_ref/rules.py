@@ -32,6 +32,7 @@ one implemented, and each rule's docstring says so.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -206,7 +207,7 @@ def _conserving_step(relevance_in, relevance_out) -> Step:
     return Step(relevance_in, total_in, total_out, np.ones(n), np.zeros(n, dtype=bool))
 
 
-class Rule:
+class Rule(abc.ABC):
     """A backward step ``(layer, a, z, R) -> Step``; ``name`` appears in the ledger.
 
     ``mass``, when given, is ``||R||_1`` per sample (the walker knows it from the
@@ -215,8 +216,9 @@ class Rule:
 
     name = "rule"
 
-    def __call__(self, layer: Layer, a: np.ndarray, z: np.ndarray, relevance: np.ndarray, mass=None) -> Step:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, layer: Layer, a: np.ndarray, z: np.ndarray, relevance: np.ndarray, mass=None) -> Step:
+        """Map the relevance ``R`` at ``layer``'s output to its input (every subclass defines it)."""
 
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -391,6 +393,22 @@ def _split_input(a):
     return positive(a), negative(a)
 
 
+def _sign_case_terms(layer, a, same, cross):
+    """The terms of the two sign cases shared by alpha-beta and gamma (Zennit's form).
+
+    Positive case: ``same(W) a+ + cross(W) a- + same(b)``; negative case:
+    ``cross(W) a+ + same(W) a- + cross(b)``. The ``a-`` terms exist only when
+    the input has negative entries. Returns ``(positive terms, negative terms)``.
+    """
+    a_pos, a_neg = _split_input(a)
+    pos_terms = [Term(a_pos, modified(layer, same, same))]
+    neg_terms = [Term(a_pos, modified(layer, cross, cross))]
+    if a_neg is not None:
+        pos_terms.append(Term(a_neg, modified(layer, cross)))
+        neg_terms.append(Term(a_neg, modified(layer, same)))
+    return pos_terms, neg_terms
+
+
 def _check_nonnegative(what: str, value) -> float:
     value = float(value)
     if not np.isfinite(value) or value < 0:
@@ -482,12 +500,7 @@ class AlphaBeta(LRPRule):
         self.stabilizer = _check_nonnegative("alpha-beta rule: stabilizer", stabilizer)
 
     def groups(self, layer, a, z):
-        a_pos, a_neg = _split_input(a)
-        pos_terms = [Term(a_pos, modified(layer, positive, positive))]
-        neg_terms = [Term(a_pos, modified(layer, negative, negative))]
-        if a_neg is not None:
-            pos_terms.append(Term(a_neg, modified(layer, negative)))
-            neg_terms.append(Term(a_neg, modified(layer, positive)))
+        pos_terms, neg_terms = _sign_case_terms(layer, a, positive, negative)
         groups = [Group(pos_terms, self.alpha)]
         if self.beta != 0:
             groups.append(Group(neg_terms, -self.beta))
@@ -519,12 +532,7 @@ class Gamma(LRPRule):
         def down(w):
             return w + g * negative(w)
 
-        a_pos, a_neg = _split_input(a)
-        pos_terms = [Term(a_pos, modified(layer, up, up))]
-        neg_terms = [Term(a_pos, modified(layer, down, down))]
-        if a_neg is not None:
-            pos_terms.append(Term(a_neg, modified(layer, down)))
-            neg_terms.append(Term(a_neg, modified(layer, up)))
+        pos_terms, neg_terms = _sign_case_terms(layer, a, up, down)
         return [Group(pos_terms, 1.0, z > 0), Group(neg_terms, 1.0, z < 0)]
 
 

@@ -113,13 +113,13 @@ def test_checker_catches_a_missing_docstring():
         """Has one."""
 
     def bare():
-        pass
+        return None
 
     class Thing:
         """A class."""
 
         def method(self):
-            pass
+            return None
 
     for obj in (documented, bare, Thing):
         obj.__module__ = "fake"
