@@ -27,7 +27,7 @@ from .composites import RELEVANCE_METHODS, Composite
 from .layers import Layer
 from .ledger import Ledger, LedgerRecord
 from .model import Container, Residual, Sequential, Trace
-from .rules import l1_mass
+from .rules import l1_mass, sample_sum
 
 METHODS = tuple(RELEVANCE_METHODS) + tuple(attribution.GRADIENT_METHODS)
 
@@ -189,10 +189,10 @@ class _Walk:
         skip_out = block.skip_output(self.record, u)
         r_skip, r_branch, ties = self.residual.split(skip_out, self.record[block.branch.name], relevance)
         n = relevance.shape[0]
-        split_sum = r_skip.reshape(n, -1).sum(axis=1, dtype=np.float64) + r_branch.reshape(n, -1).sum(axis=1, dtype=np.float64)
+        split_sum = sample_sum(r_skip) + sample_sum(r_branch)
         self.ledger.append(LedgerRecord(
             block.name, "residual_split", self.residual.name, split_sum,
-            relevance.reshape(n, -1).sum(axis=1, dtype=np.float64), np.ones(n),
+            sample_sum(relevance), np.ones(n),
             self.mass(r_skip) + self.mass(r_branch), self.mass(relevance), ties, np.zeros(n, dtype=bool), path,
         ))
         from_branch = self.run(block.branch, u, r_branch, path + (f"{block.name}/branch",))

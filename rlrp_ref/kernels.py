@@ -41,7 +41,9 @@ other pooling goes through the sliding-window views.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -138,6 +140,119 @@ def padded_shape_of(input_shape, pads: Pads) -> tuple[int, int, int, int]:
 
 
 # ---------------------------------------------------------------------------
+# threads for the element-wise passes
+# ---------------------------------------------------------------------------
+#
+# BLAS runs every GEMM on all cores, but a NumPy ufunc or copy runs on one. The
+# large element-wise passes of the convolutions (the im2col gather, the
+# Winograd transforms) are therefore split into row bands that run on a small
+# thread pool: NumPy releases the GIL inside each ufunc loop, so the bands run
+# in parallel. Every band writes its own rows of the output; the results are
+# the same, bit for bit, whatever the thread count.
+
+#: Element-wise passes smaller than this many elements run on the calling thread alone.
+PARALLEL_MIN_ELEMENTS = 1 << 18
+_pool_state = {"threads": None, "pool": None}
+
+
+def set_num_threads(threads: int | None) -> None:
+    """How many threads the element-wise passes use (None: ``RLRP_REF_NUM_THREADS``, else every usable core).
+
+    BLAS threads are set separately (``OPENBLAS_NUM_THREADS``, threadpoolctl);
+    the benchmarks set both to the same number.
+    """
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"set_num_threads: expected a positive int or None, found {threads!r}")
+    old = _pool_state["pool"]
+    _pool_state.update(threads=None if threads is None else int(threads), pool=None)
+    if old is not None:
+        old.shutdown(wait=True)
+
+
+def num_threads() -> int:
+    """The thread count of the element-wise passes (see :func:`set_num_threads`)."""
+    if _pool_state["threads"] is None:
+        env = os.environ.get("RLRP_REF_NUM_THREADS", "")
+        try:
+            _pool_state["threads"] = max(1, int(env)) if env.strip() else len(os.sched_getaffinity(0))
+        except (ValueError, AttributeError):
+            _pool_state["threads"] = os.cpu_count() or 1
+    return _pool_state["threads"]
+
+
+def _forget_pool_in_child():  # a forked child has none of the parent's threads
+    _pool_state["pool"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def parallel_rows(fn, rows: int, elements: int) -> None:
+    """Run ``fn(lo, hi)`` over bands of ``range(rows)`` that together cover it, on :func:`num_threads` threads.
+
+    ``elements`` is the size of the pass; below :data:`PARALLEL_MIN_ELEMENTS`
+    (or with one thread, or one row) ``fn(0, rows)`` runs on the calling thread.
+    ``fn`` must write disjoint outputs for disjoint bands.
+    """
+    threads = min(num_threads(), rows)
+    if threads <= 1 or elements < PARALLEL_MIN_ELEMENTS:
+        fn(0, rows)
+        return
+    pool = _pool_state["pool"]
+    if pool is None or pool._max_workers != threads - 1:
+        pool = _pool_state["pool"] = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="rlrp_ref")
+    bounds = [rows * k // threads for k in range(threads + 1)]
+    futures = [pool.submit(fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for future in futures:
+            future.result()
+
+
+#: :func:`per_sample_sum` adds float32 values in blocks of this many elements.
+SUM_BLOCK = 1 << 15
+
+
+def per_sample_sum(arr: np.ndarray, absolute: bool = False, weights: np.ndarray | None = None) -> np.ndarray:
+    """``sum_j f(arr[n, j])`` for each sample ``n`` (every axis but the first summed), as float64 ``(N,)``.
+
+    ``f`` is the identity, ``abs`` (``absolute=True``: the L1 norm) or the
+    product with ``weights``, an array of ``arr``'s shape (a dot product). The
+    values are added in blocks of :data:`SUM_BLOCK` elements: within a block by
+    NumPy's pairwise summation in the array's own dtype (a float32 block sum is
+    off by at most about ``log2(SUM_BLOCK) * 6e-8`` of its L1 norm, and needs no
+    float64 copy of the block), across blocks in float64. Blocks run on the
+    :func:`parallel_rows` threads; the result does not depend on their number.
+    """
+    n = arr.shape[0]
+    flat = arr.reshape(n, -1)
+    other = None if weights is None else np.asarray(weights).reshape(n, -1)
+    dtype = np.result_type(flat, other) if other is not None else flat.dtype
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float64)
+    length = flat.shape[1]
+    blocks = max(1, -(-length // SUM_BLOCK))
+    partial = np.zeros((n, blocks), dtype=np.float64)
+
+    def band(lo, hi):
+        scratch = np.empty((n, min(SUM_BLOCK, length)), dtype=dtype)
+        for block in range(lo, hi):  # a loop over memory blocks, each a vectorized sum
+            start, stop = block * SUM_BLOCK, min((block + 1) * SUM_BLOCK, length)
+            part, tmp = flat[:, start:stop], scratch[:, : stop - start]
+            if absolute:
+                part = np.abs(part, out=tmp)
+            elif other is not None:
+                part = np.multiply(part, other[:, start:stop], out=tmp)
+            partial[:, block] = np.add.reduce(part, axis=1, dtype=dtype)
+
+    if length:
+        parallel_rows(band, blocks, flat.size)
+    return partial.sum(axis=1)
+
+
+# ---------------------------------------------------------------------------
 # windows, im2col, col2im
 # ---------------------------------------------------------------------------
 
@@ -155,37 +270,45 @@ _workspace = threading.local()
 
 @contextlib.contextmanager
 def workspace():
-    """Keep the scratch buffer of :func:`_scratch` alive for one whole pass, then free it.
+    """Keep the scratch buffers of :func:`_scratch` (and the Winograd kernels) for one whole pass, then free them.
 
     Model-level entry points (``forward``, ``trace``, ``vjp``, ``explain``) run
-    inside it; nested uses share the outer one, so the buffer is allocated once
+    inside it; nested uses share the outer one, so each buffer is allocated once
     per pass and released when the outermost pass ends (no memory is held
-    between calls).
+    between calls). The transformed kernels of :func:`winograd_kernel` are kept
+    for the same pass: a convolution's forward and its vjp share one.
     """
     _workspace.depth = getattr(_workspace, "depth", 0) + 1
+    if _workspace.depth == 1:
+        _workspace.buffers, _workspace.kernels = {}, {}
     try:
         yield
     finally:
         _workspace.depth -= 1
         if _workspace.depth == 0:
-            _workspace.buffer = None
+            _workspace.buffers = {}
+            _workspace.kernels = {}
 
 
-def _scratch(shape, dtype) -> np.ndarray:
-    """An uninitialized array of ``shape`` in a per-thread buffer reused by every convolution.
+def _scratch(shape, dtype, slot: str = "im2col") -> np.ndarray:
+    """An uninitialized array of ``shape`` in a per-thread buffer ``slot``, reused by every convolution.
 
-    The im2col matrix is the largest temporary (9x its input); allocating it
-    afresh for every layer makes the OS hand out and zero new pages each time
-    (glibc returns every block above 32 MB to the OS), which cost VGG16's batch-8
-    forward pass almost half its time. The buffer grows to the largest matrix
-    seen; it is only ever read by the GEMM right after it is filled, and it is
-    freed when the outermost :func:`workspace` ends.
+    The im2col matrix is the largest temporary (9x its input), the Winograd
+    tiles the next largest (4x); allocating them afresh for every layer makes
+    the OS hand out and zero new pages each time (glibc returns every block
+    above 32 MB to the OS), which cost VGG16's batch-8 forward pass almost half
+    its time. Each slot grows to the largest array seen; its content is only
+    read by the step right after it is filled, and every slot is freed when the
+    outermost :func:`workspace` ends (outside one, a fresh array is returned).
     """
+    if getattr(_workspace, "depth", 0) == 0:
+        return np.empty(shape, dtype=dtype)
+    buffers = _workspace.buffers
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buffer = getattr(_workspace, "buffer", None)
+    buffer = buffers.get(slot)
     if buffer is None or buffer.nbytes < nbytes:
-        _workspace.buffer = buffer = None  # free the smaller buffer before allocating the larger one
-        _workspace.buffer = buffer = np.empty(nbytes, dtype=np.uint8)
+        buffers[slot] = buffer = None  # free the smaller buffer before allocating the larger one
+        buffers[slot] = buffer = np.empty(nbytes, dtype=np.uint8)
     return buffer[:nbytes].view(dtype).reshape(shape)
 
 
@@ -203,8 +326,12 @@ def im2col(xp: np.ndarray, kernel_hw, strides, reuse: bool = False) -> np.ndarra
     ho, wo = win.shape[1], win.shape[2]
     shape = (n, ho, wo, kh, kw, c)
     cols = _scratch(shape, xp.dtype) if reuse else np.empty(shape, dtype=xp.dtype)
-    # one gather, written straight into the GEMM's operand (faster than a copy per offset)
-    np.copyto(cols, win.transpose(0, 1, 2, 4, 5, 3))
+    source = win.transpose(0, 1, 2, 4, 5, 3)
+
+    def gather(lo, hi):  # one gather, written straight into the GEMM's operand (faster than a copy per offset)
+        np.copyto(cols[:, lo:hi], source[:, lo:hi])
+
+    parallel_rows(gather, ho, cols.size)
     return cols.reshape(n * ho * wo, kh * kw * c)
 
 
@@ -234,6 +361,176 @@ def col2im(cols: np.ndarray, padded_shape, kernel_hw, strides) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
+# Winograd F(2x2, 3x3)
+# ---------------------------------------------------------------------------
+#
+# A 3x3 stride-1 convolution computes each 2x2 block of outputs from a 4x4
+# tile of its input (tiles overlap by 2). Winograd's minimal filtering
+# algorithm (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+# Networks", CVPR 2016) writes it as
+#
+#     Y = A^T [ (G g G^T) * (B^T d B) ] A           (* element-wise, 4x4)
+#
+#     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+#     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+#     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+#
+# Summed over input channels, the element-wise product becomes 16 GEMMs
+# ``V[s] (tiles, C) @ U[s] (C, K)``, one per tile position ``s``: 16 x C x K
+# multiply-adds per 4 outputs instead of 9 x C x K per output, 2.25x fewer.
+# The transforms only add and subtract (B, A) or halve (G), exactly in binary
+# floating point; the results differ from the im2col route by rounding alone
+# (tests/test_kernels.py bounds it). Reversing the 3 taps of g permutes the rows
+# of G (points 0 and infinity swap: ``G J = P G``), so the vjp (the convolution
+# with the flipped, channel-swapped kernel) reuses the forward's ``U``.
+
+#: Which convolution algorithm 3x3 stride-1 convolutions use: ``"auto"``
+#: (Winograd in float32, the fast mode, where it pays; im2col in float64, the
+#: reference mode), ``"winograd"`` (wherever it applies, any dtype) or
+#: ``"im2col"`` (never Winograd). Set it with :func:`conv_algorithm`.
+CONV_ALGORITHM = "auto"
+#: ``"auto"`` takes Winograd when both channel counts are at least this (an RGB
+#: input's 3 channels make 16 tiny GEMMs, slower than one im2col GEMM) ...
+WINOGRAD_MIN_CHANNELS = 16
+#: ... and at most this share of the tiled output is padding (a 7x7 map is
+#: tiled as 8x8: 31% wasted work).
+WINOGRAD_MAX_WASTE = 0.15
+_WINOGRAD_FLIP = (3, 1, 2, 0)  # P: the tile position of each point after the 3 taps are reversed
+
+
+@contextlib.contextmanager
+def conv_algorithm(name: str):
+    """Run the block with :data:`CONV_ALGORITHM` set to ``name`` (``"auto"``, ``"winograd"`` or ``"im2col"``)."""
+    global CONV_ALGORITHM
+    if name not in ("auto", "winograd", "im2col"):
+        raise ValueError(f"conv_algorithm: expected 'auto', 'winograd' or 'im2col', found {name!r}")
+    previous, CONV_ALGORITHM = CONV_ALGORITHM, name
+    try:
+        yield
+    finally:
+        CONV_ALGORITHM = previous
+
+
+def _winograd_applies(kernel_shape, strides, out_hw, dtype) -> bool:
+    """Whether a convolution (or a vjp, as the convolution it is) runs as Winograd F(2x2, 3x3)."""
+    kh, kw, cin, cout = kernel_shape
+    if CONV_ALGORITHM == "im2col" or (kh, kw) != (3, 3) or tuple(strides) != (1, 1):
+        return False
+    if CONV_ALGORITHM == "winograd":
+        return True
+    ho, wo = out_hw
+    tiled = (2 * (-(-ho // 2))) * (2 * (-(-wo // 2)))
+    return (np.dtype(dtype) == np.float32 and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
+            and tiled <= (1 + WINOGRAD_MAX_WASTE) * ho * wo)
+
+
+def winograd_kernel(kernel: np.ndarray) -> np.ndarray:
+    """``U = G g G^T`` for each (input, output) channel pair: ``(3, 3, C, K)`` -> ``(16, C, K)``, position ``4a + b``.
+
+    Within a :func:`workspace` the result is kept for the rest of the pass
+    (keyed by the kernel array itself), so a layer's forward and vjp transform
+    its kernel once.
+    """
+    cache = _workspace.kernels if getattr(_workspace, "depth", 0) else None
+    if cache is not None:
+        hit = cache.get(id(kernel))
+        if hit is not None and hit[0] is kernel:
+            return hit[1]
+    half = kernel.dtype.type(0.5)
+
+    def apply_g(taps, out):  # out[a] = sum_i G[a, i] taps[i]
+        out[0] = taps[0]
+        np.add(taps[0], taps[2], out=out[1])
+        np.subtract(out[1], taps[1], out=out[2])
+        out[1] += taps[1]
+        out[1:3] *= half
+        out[3] = taps[2]
+
+    rows = _scratch((4, 3) + kernel.shape[2:], kernel.dtype, "winograd_kernel")
+    u = np.empty((4, 4) + kernel.shape[2:], dtype=kernel.dtype)
+
+    def transform(lo, hi):  # input channels lo..hi
+        apply_g(kernel[:, :, lo:hi], rows[:, :, lo:hi])  # G g: along the kernel's rows
+        apply_g(rows[:, :, lo:hi].swapaxes(0, 1), u[:, :, lo:hi].swapaxes(0, 1))  # (G g) G^T: along its columns
+
+    parallel_rows(transform, kernel.shape[2], u.size)
+    u = u.reshape((16,) + kernel.shape[2:])
+    if cache is not None:
+        cache[id(kernel)] = (kernel, u)
+    return u
+
+
+def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) -> np.ndarray:
+    """A "valid" 3x3 stride-1 correlation of the padded input ``xp`` by Winograd F(2x2, 3x3).
+
+    ``u`` is :func:`winograd_kernel` of a kernel ``(3, 3, C, K)``. With
+    ``flip=False`` the result is the convolution ``(N, Hp - 2, Wp - 2, K)`` (plus
+    ``bias``); with ``flip=True`` it is the correlation with that kernel flipped
+    in space and its channel axes swapped (input ``K`` channels, output ``C``):
+    the vjp of the convolution once the gradient is padded.
+    """
+    n, hp, wp, c = xp.shape
+    ho, wo = hp - 2, wp - 2
+    th, tw = -(-ho // 2), -(-wo // 2)
+    if 2 * th + 2 > hp or 2 * tw + 2 > wp:  # an odd output size: one more row/column of zeros
+        xp = pad_nhwc(xp, ((0, 2 * th + 2 - hp), (0, 2 * tw + 2 - wp)))
+    dtype = np.result_type(xp, u)
+    k_out = u.shape[1] if flip else u.shape[2]
+
+    def apply_bt(d, out):  # out[a] = sum_k B^T[a, k] d[k]: tile rows (or columns) 0..3 -> 4 transformed ones
+        np.subtract(d[0], d[2], out=out[0])
+        np.add(d[1], d[2], out=out[1])
+        np.subtract(d[2], d[1], out=out[2])
+        np.subtract(d[1], d[3], out=out[3])
+
+    # input transform B^T d B, first along the tile rows, then along the tile columns (bands of tile rows)
+    rows = _scratch((4, n, th, xp.shape[2], c), dtype, "winograd_rows")
+    v = _scratch((4, 4, n, th, tw, c), dtype, "winograd_in")
+
+    def input_transform(lo, hi):
+        apply_bt([xp[:, 2 * lo + k : 2 * hi + k - 1 : 2] for k in range(4)], rows[:, :, lo:hi])
+        for a in range(4):
+            apply_bt([rows[a][:, lo:hi, k : k + 2 * tw - 1 : 2] for k in range(4)], v[a][:, :, lo:hi])
+
+    parallel_rows(input_transform, th, v.size)
+    # 16 GEMMs, one per tile position s = 4a + b; the flipped kernel sits at the permuted position, transposed
+    v = v.reshape(16, n * th * tw, c)
+    m = _scratch((16, n * th * tw, k_out), dtype, "winograd_out")
+    for a in range(4):
+        for b in range(4):
+            s = 4 * a + b
+            if flip:
+                np.matmul(v[s], u[4 * _WINOGRAD_FLIP[a] + _WINOGRAD_FLIP[b]].T, out=m[s])
+            else:
+                np.matmul(v[s], u[s], out=m[s])
+    m = m.reshape(4, 4, n, th, tw, k_out)
+    if bias is not None:
+        m[1, 1] += bias  # A^T e_1 = (1, 1): added once here, it reaches all four outputs of a tile
+    # output transform A^T m A: rows first, then columns, written into the interleaved output
+    half_rows = _scratch((2, 4, n, th, tw, k_out), dtype, "winograd_rows")
+    y = np.empty((n, th, 2, tw, 2, k_out), dtype=dtype)
+
+    def output_transform(lo, hi):
+        band, t = m[:, :, :, lo:hi], half_rows[:, :, :, lo:hi]
+        np.add(band[0], band[1], out=t[0])
+        t[0] += band[2]
+        np.subtract(band[1], band[2], out=t[1])
+        t[1] -= band[3]
+        for a in range(2):
+            out = y[:, lo:hi, a]
+            np.add(t[a, 0], t[a, 1], out=out[:, :, :, 0])
+            out[:, :, :, 0] += t[a, 2]
+            np.subtract(t[a, 1], t[a, 2], out=out[:, :, :, 1])
+            out[:, :, :, 1] -= t[a, 3]
+
+    parallel_rows(output_transform, th, m.size)
+    y = y.reshape(n, 2 * th, 2 * tw, k_out)
+    if 2 * th != ho or 2 * tw != wo:
+        y = np.ascontiguousarray(y[:, :ho, :wo])
+    return y
+
+
+# ---------------------------------------------------------------------------
 # convolution
 # ---------------------------------------------------------------------------
 
@@ -245,6 +542,8 @@ def conv2d_forward(x, kernel, bias, strides, pads) -> np.ndarray:
     n = x.shape[0]
     xp = pad_nhwc(x, pads)
     ho, wo = output_hw(xp.shape[1:3], (kh, kw), strides)
+    if _winograd_applies(kernel.shape, strides, (ho, wo), np.result_type(x, kernel)):
+        return winograd_conv(xp, winograd_kernel(kernel), bias=bias)
     if kh == kw == 1:
         cols = xp[:, ::sh, ::sw].reshape(n * ho * wo, cin)  # no copy unless strided
     else:
@@ -274,6 +573,9 @@ def conv2d_vjp(grad, kernel, input_shape, strides, pads) -> np.ndarray:
     padded_shape = padded_shape_of((n, input_shape[1], input_shape[2], cin), pads)
     if kh == kw == 1 and tuple(strides) == (1, 1) and pads == ((0, 0), (0, 0)):
         return np.matmul(grad.reshape(n * ho * wo, cout), kernel.reshape(cin, cout).T).reshape(input_shape[:3] + (cin,))
+    if max(t, b, l, r) <= 2 and _winograd_applies((kh, kw, cout, cin), strides, input_shape[1:3], dtype):
+        grad_padded = pad_nhwc(grad, ((2 - t, 2 - b), (2 - l, 2 - r)))
+        return winograd_conv(grad_padded, winograd_kernel(kernel), flip=True)
     if _gather_route(grad.shape, kernel.shape, strides, pads):
         # dx = correlate(pad(grad), kernel flipped in (i, j), channels swapped)
         flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)

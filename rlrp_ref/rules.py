@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import kernels
 from .layers import AvgPool2D, BatchNorm, Conv2D, Dense, GlobalAvgPool2D, Layer, MaxPool2D
 
 #: Zennit's default stabilizer for every rule other than epsilon, and for the
@@ -61,13 +62,13 @@ def per_sample(values: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def sample_sum(arr: np.ndarray) -> np.ndarray:
-    """``sum`` over each sample, accumulated in float64: shape ``(N,)``."""
-    return arr.reshape(arr.shape[0], -1).sum(axis=1, dtype=np.float64)
+    """``sum`` over each sample, blocks added in float64 (:func:`~rlrp_ref.kernels.per_sample_sum`): shape ``(N,)``."""
+    return kernels.per_sample_sum(arr)
 
 
 def l1_mass(arr: np.ndarray) -> np.ndarray:
-    """``||arr_n||_1`` for each sample ``n``, accumulated in float64: shape ``(N,)``."""
-    return np.abs(arr).reshape(arr.shape[0], -1).sum(axis=1, dtype=np.float64)
+    """``||arr_n||_1`` for each sample ``n``, blocks added in float64 (:func:`~rlrp_ref.kernels.per_sample_sum`): shape ``(N,)``."""
+    return kernels.per_sample_sum(arr, absolute=True)
 
 
 def sign0(z: np.ndarray) -> np.ndarray:
@@ -166,12 +167,12 @@ def law_rhs(layer: Layer, z: np.ndarray, relevance: np.ndarray) -> np.ndarray:
     Computed from the traced output ``z`` without a temporary of its size.
     """
     n = z.shape[0]
-    total = np.einsum("ij,ij->i", z.reshape(n, -1), relevance.reshape(n, -1), dtype=np.float64)
+    total = kernels.per_sample_sum(z, weights=relevance)
     bias = bias_of(layer)
     if bias is not None:
-        # sum_j b_j R_j: one matrix-vector product over the channel axis (BLAS), then a float64 sum per sample
+        # sum_j b_j R_j: one matrix-vector product over the channel axis (BLAS), then a sum per sample
         per_position = relevance.reshape(-1, relevance.shape[-1]) @ bias
-        total -= per_position.reshape(n, -1).sum(axis=1, dtype=np.float64)
+        total -= kernels.per_sample_sum(per_position.reshape(n, -1))
     return total
 
 

@@ -101,11 +101,9 @@ def test_col2im_both_layouts_against_loops(rng, monkeypatch, channels_first_belo
     np.testing.assert_allclose(layer.vjp(x, g), conv2d_vjp(x, k, g, layer.strides, "same"), rtol=1e-10, atol=1e-10)
 
 
-def test_conv_scratch_buffer_is_freed_after_each_pass():
-    """The im2col scratch buffer lives for one forward/trace/vjp/explain and is not held afterwards."""
-    import rlrp_ref as rr
-    from rlrp_ref import kernels
-
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+def test_conv_scratch_buffers_are_freed_after_each_pass(algorithm):
+    """The scratch buffers (and Winograd kernels) live for one forward/trace/vjp/explain, not afterwards."""
     rng = np.random.default_rng(0)
     model = rr.Sequential([rr.Conv2D(rng.standard_normal((3, 3, 2, 4)), padding="same"), rr.ReLU(),
                            rr.GlobalAvgPool2D(), rr.Dense(rng.standard_normal((4, 3)))])
@@ -113,16 +111,135 @@ def test_conv_scratch_buffer_is_freed_after_each_pass():
     seen = []
     original = kernels._scratch
 
-    def spy(shape, dtype):
-        out = original(shape, dtype)
-        seen.append(kernels._workspace.buffer is not None)
+    def spy(shape, dtype, slot="im2col"):
+        out = original(shape, dtype, slot)
+        seen.append(slot in kernels._workspace.buffers)
         return out
 
     kernels._scratch = spy
     try:
-        for run in (model.forward, model.trace, lambda v: model.vjp(v, np.ones((2, 3))), lambda v: rr.explain(model, v)):
-            run(x)
-            assert getattr(kernels._workspace, "buffer", None) is None
+        with kernels.conv_algorithm(algorithm):
+            for run in (model.forward, model.trace, lambda v: model.vjp(v, np.ones((2, 3))), lambda v: rr.explain(model, v)):
+                run(x)
+                assert kernels._workspace.buffers == {} and kernels._workspace.kernels == {}
     finally:
         kernels._scratch = original
-    assert seen and all(seen)  # the buffer was in use during the passes
+    assert seen and all(seen)  # the buffers were in use during the passes
+
+
+# --- Winograd F(2x2, 3x3) -------------------------------------------------------
+
+
+@pytest.fixture
+def winograd():
+    """Force Winograd wherever it applies (any dtype, any channel count)."""
+    with kernels.conv_algorithm("winograd"):
+        yield
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hw", [(6, 7), (5, 5), (9, 4)])
+@pytest.mark.parametrize("padding", ["valid", "same", ((2, 0), (1, 2)), ((0, 1), (2, 2)), ((3, 0), (0, 1))])
+def test_winograd_against_loops(rng, winograd, dtype, hw, padding):
+    x = rng.standard_normal((2,) + hw + (5,)).astype(dtype)
+    k = rng.standard_normal((3, 3, 5, 4)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    layer = rr.Conv2D(k, b, padding=padding)
+    want = conv2d(x.astype(np.float64), k.astype(np.float64), b.astype(np.float64), (1, 1), padding)
+    with kernels.workspace():  # the forward and the vjp share the transformed kernel
+        y = layer.forward(x)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        dx = layer.vjp(x, g)
+    assert y.shape == want.shape and y.dtype == dtype and y.flags.c_contiguous
+    assert dx.shape == x.shape and dx.dtype == dtype and dx.flags.c_contiguous
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+    np.testing.assert_allclose(dx, conv2d_vjp(x, k.astype(np.float64), g.astype(np.float64), (1, 1), padding), **TOL[dtype])
+
+
+def test_winograd_rounding_is_that_of_the_direct_route(rng, winograd):
+    """Exact transforms (adds, halvings): float32 errors stay of the size of the im2col route's."""
+    x = rng.standard_normal((1, 20, 20, 64)).astype(np.float32)
+    k = (rng.standard_normal((3, 3, 64, 32)) / 24).astype(np.float32)
+    exact = kernels.conv2d_forward(x.astype(np.float64), k.astype(np.float64), None, (1, 1), ((1, 1), (1, 1)))
+    with kernels.conv_algorithm("im2col"):
+        direct = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
+    fast = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
+    err_direct, err_fast = (np.abs(v - exact).max() / np.abs(exact).max() for v in (direct, fast))
+    assert err_fast < 3 * err_direct + 1e-7, (err_fast, err_direct)
+
+
+def test_winograd_kernel_of_the_flipped_kernel_is_a_permutation(rng):
+    k = rng.standard_normal((3, 3, 4, 6))
+    u = kernels.winograd_kernel(k).reshape(4, 4, 4, 6)
+    u_flip = kernels.winograd_kernel(np.ascontiguousarray(k[::-1, ::-1].transpose(0, 1, 3, 2))).reshape(4, 4, 6, 4)
+    p = list(kernels._WINOGRAD_FLIP)
+    np.testing.assert_allclose(u_flip, u[p][:, p].transpose(0, 1, 3, 2), rtol=1e-14, atol=1e-14)
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    np.testing.assert_allclose(u, np.einsum("ai,ijck,bj->abck", g, k, g), rtol=1e-14, atol=1e-14)
+
+
+def test_winograd_choice():
+    same = (1, 1)
+    assert kernels._winograd_applies((3, 3, 64, 64), same, (224, 224), np.float32)
+    assert not kernels._winograd_applies((3, 3, 64, 64), same, (224, 224), np.float64)  # the reference mode
+    assert not kernels._winograd_applies((3, 3, 3, 64), same, (224, 224), np.float32)  # an RGB input
+    assert not kernels._winograd_applies((3, 3, 512, 512), same, (7, 7), np.float32)  # 8x8 tiles for 7x7: 31% waste
+    assert not kernels._winograd_applies((3, 3, 64, 64), (2, 2), (112, 112), np.float32)
+    assert not kernels._winograd_applies((1, 1, 64, 64), same, (56, 56), np.float32)
+    with kernels.conv_algorithm("im2col"):
+        assert not kernels._winograd_applies((3, 3, 64, 64), same, (224, 224), np.float32)
+    with kernels.conv_algorithm("winograd"):
+        assert kernels._winograd_applies((3, 3, 3, 64), same, (7, 7), np.float64)
+    with pytest.raises(ValueError, match="expected 'auto', 'winograd' or 'im2col', found 'fft'"):
+        with kernels.conv_algorithm("fft"):
+            pass
+
+
+# --- threads and per-sample sums ---------------------------------------------------
+
+
+@pytest.fixture
+def threads_everywhere(monkeypatch):
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0)
+    yield
+    kernels.set_num_threads(None)
+
+
+def test_results_do_not_depend_on_the_thread_count(rng, winograd, threads_everywhere):
+    x = rng.standard_normal((2, 10, 9, 17)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 17, 5)).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3):
+        kernels.set_num_threads(threads)
+        y = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
+        dx = kernels.conv2d_vjp(y, k, x.shape, (1, 1), ((1, 1), (1, 1)))
+        with kernels.conv_algorithm("im2col"):
+            y2 = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
+        outs.append((y, dx, y2, kernels.per_sample_sum(y, absolute=True)))
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_set_num_threads_rejects_nonsense():
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="expected a positive int or None"):
+            kernels.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(3, 7, 5, 4), (2, 100_003), (1, 0)])
+def test_per_sample_sum_against_fsum(rng, monkeypatch, dtype, shape):
+    import math
+
+    monkeypatch.setattr(kernels, "SUM_BLOCK", 1000)  # many blocks
+    a = (rng.standard_normal(shape) * 10).astype(dtype)
+    w = rng.standard_normal(shape).astype(dtype)
+    a64, w64 = a.astype(np.float64).reshape(shape[0], -1), w.astype(np.float64).reshape(shape[0], -1)
+    cases = [(kernels.per_sample_sum(a), [math.fsum(r) for r in a64], np.abs(a64).sum(axis=1)),
+             (kernels.per_sample_sum(a, absolute=True), [math.fsum(np.abs(r)) for r in a64], np.abs(a64).sum(axis=1)),
+             (kernels.per_sample_sum(a, weights=w), [math.fsum(r) for r in a64 * w64], np.abs(a64 * w64).sum(axis=1))]
+    rel = 1e-14 if dtype == np.float64 else 2e-6  # relative to the L1 norm of what is added
+    for got, exact, scale in cases:
+        assert got.dtype == np.float64 and got.shape == (shape[0],)
+        assert np.all(np.abs(got - np.array(exact)) <= rel * scale + 1e-300), (got, exact)
