@@ -48,6 +48,7 @@ import sys
 import time
 from pathlib import Path
 
+import rlrp_ref  # noqa: F401  (before NumPy, as a user's "import rlrp_ref" would be: see rlrp_ref/__init__.py)
 import numpy as np
 from memory import peak_mb, reset_peak  # benchmarks/memory.py
 
@@ -62,7 +63,8 @@ ZENNIT_PEER = {"forward": "forward", "rlrp": "epsilon_plus_flat", "epsilon": "ep
 GEMM_SHAPES = ((12544, 1152, 128), (3136, 2304, 256), (784, 4608, 512), (196, 4608, 512))
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
-ENV_KNOBS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+ENV_KNOBS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS",
+             "MKL_NUM_THREADS", "RLRP_REF_NUM_THREADS")
 
 
 # ---------------------------------------------------------------------------
@@ -147,6 +149,7 @@ def ours_worker(args) -> dict:
     from rlrp_ref import models
 
     threadpool_limits(args.threads)
+    rlrp_ref.kernels.set_num_threads(args.threads)  # the element-wise passes use as many threads as BLAS
     model = models.build(args.model, variant=args.variant, weights="random", dtype=args.dtype)
     x = np.random.default_rng(1).standard_normal((args.batch, args.side, args.side, 3)).astype(args.dtype)
     mean, std = np.asarray(TORCHVISION_MEAN), np.asarray(TORCHVISION_STD)

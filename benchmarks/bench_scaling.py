@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import rlrp_ref  # noqa: F401  (before NumPy, as a user's "import rlrp_ref" would be: see rlrp_ref/__init__.py)
 import numpy as np
 
 
@@ -121,13 +122,15 @@ def main(argv=None) -> int:
 
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from rlrp_ref import models
+    from rlrp_ref import kernels, models
 
     threadpool_limits(args.threads)
+    kernels.set_num_threads(args.threads)  # the element-wise passes use as many threads as BLAS
     for lib in threadpool_info():
         print(f"BLAS: {lib['internal_api']} {lib['version']}, kernel {lib.get('architecture')}, {lib['num_threads']} threads")
-    knobs = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ)
-    print(f"env: {knobs or 'OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE not set'}")
+    knobs = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")
+                      if k in os.environ)
+    print(f"env: {knobs or 'OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE and OPENBLAS_THREAD_TIMEOUT not set'}")
     model = models.build(args.model, variant=args.variant, weights="random", dtype=args.dtype)
 
     reference = {"side": 224, "batch": 1}

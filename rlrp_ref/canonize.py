@@ -14,6 +14,7 @@ import copy
 
 import numpy as np
 
+from . import kernels
 from .layers import BatchNorm, Conv2D, Dense, Layer
 from .model import Container, Residual, Sequential
 
@@ -28,19 +29,21 @@ def fold_into(linear: Layer, bn: BatchNorm) -> Layer:
     bias = linear.bias if linear.bias is not None else np.zeros(out_channels, dtype=dtype)
     # a shallow copy: both parameters are replaced by new arrays right away, so copying the old ones is wasted work
     folded = copy.copy(linear)
-    folded.kernel = (linear.kernel * scale).astype(dtype, copy=False)
+    kernel = np.ascontiguousarray(linear.kernel)
+    folded.kernel = kernels.channelwise(lambda out, w, s: np.multiply(w, s, out=out),
+                                        np.empty(kernel.shape, dtype=dtype), kernel, scale.astype(dtype))
     folded.bias = (bias * scale + shift).astype(dtype, copy=False)
     return folded
 
 
-def _fold(layer: Layer) -> Layer:
+def _fold(layer: Layer, copy_unchanged: bool) -> Layer:
     if isinstance(layer, Sequential):
         out: list[Layer] = []
         for child in layer.layers:
             if isinstance(child, BatchNorm) and out and isinstance(out[-1], (Dense, Conv2D)):
                 out[-1] = fold_into(out[-1], child)
             else:
-                out.append(_fold(child))
+                out.append(_fold(child, copy_unchanged))
         new = Sequential.__new__(Sequential)
         new.__dict__.update(layer.__dict__)
         new.layers = out
@@ -48,21 +51,24 @@ def _fold(layer: Layer) -> Layer:
     if isinstance(layer, Residual):
         new = Residual.__new__(Residual)
         new.__dict__.update(layer.__dict__)
-        new.branch = _fold(layer.branch)
-        new.skip = _fold(layer.skip) if layer.skip is not None else None
+        new.branch = _fold(layer.branch, copy_unchanged)
+        new.skip = _fold(layer.skip, copy_unchanged) if layer.skip is not None else None
         return new
     if isinstance(layer, Container):
         raise ValueError(f"fold_batchnorm: unknown container kind {type(layer).__name__}")
-    return layer.copy()
+    return layer.copy() if copy_unchanged else layer
 
 
-def fold_batchnorm(model: Layer) -> Layer:
+def fold_batchnorm(model: Layer, copy_unchanged: bool = True) -> Layer:
     """A new model with each BatchNorm folded into the Dense/Conv2D right before it.
 
     The input model is untouched. A BatchNorm that does not follow a Dense or
     Conv2D in the same Sequential is kept (see :func:`unfolded_batchnorms`).
+    ``copy_unchanged=False`` shares the layers that folding does not change
+    with the input model instead of copying them (what :func:`rlrp_ref.explain`
+    does for its private, read-only copy).
     """
-    return _fold(model)
+    return _fold(model, copy_unchanged)
 
 
 def unfolded_batchnorms(model: Layer) -> list[str]:

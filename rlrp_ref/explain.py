@@ -95,7 +95,7 @@ def _prepare_model(model, dtype) -> Container:
     if not isinstance(model, Container):
         model = Sequential([model], name=f"{model.name}_model")
     if unfolded_batchnorms(model):
-        model = fold_batchnorm(model)
+        model = fold_batchnorm(model, copy_unchanged=False)  # read only: the layers it does not change are shared
     if any(v.dtype != dtype for layer in model.iter_layers() for v in layer.params.values()):
         model = model.astype(dtype)
     return model

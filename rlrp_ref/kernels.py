@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -110,19 +111,28 @@ def output_hw(padded_hw, kernel_hw, strides) -> tuple[int, int]:
     return tuple((n - k) // s + 1 for n, k, s in zip(padded_hw, kernel_hw, strides))
 
 
-def pad_nhwc(x: np.ndarray, pads: Pads, value: float = 0.0) -> np.ndarray:
-    """Pad the spatial axes of an NHWC array (returns ``x`` itself when no padding)."""
+def pad_nhwc(x: np.ndarray, pads: Pads, value: float = 0.0, slot: str | None = None) -> np.ndarray:
+    """Pad the spatial axes of an NHWC array (returns ``x`` itself when no padding).
+
+    ``slot`` names a :func:`_scratch` buffer to pad into, for a padded copy that
+    is read once right away (a convolution's operand) and never returned.
+    """
     (t, b), (l, r) = pads
     if t == b == l == r == 0:
         return x
     n, h, w, c = x.shape
-    out = np.empty((n, h + t + b, w + l + r, c), dtype=x.dtype)
-    # fill only the border, then copy the interior once
+    shape = (n, h + t + b, w + l + r, c)
+    out = _scratch(shape, x.dtype, slot) if slot else np.empty(shape, dtype=x.dtype)
+    # fill only the border, then copy the interior once (bands of rows on the element-wise threads)
     out[:, :t] = value
     out[:, t + h :] = value
     out[:, t : t + h, :l] = value
     out[:, t : t + h, l + w :] = value
-    out[:, t : t + h, l : l + w] = x
+
+    def interior(lo, hi):
+        out[:, t + lo : t + hi, l : l + w] = x[:, lo:hi]
+
+    parallel_rows(interior, h, x.size)
     return out
 
 
@@ -211,6 +221,67 @@ def parallel_rows(fn, rows: int, elements: int) -> None:
             future.result()
 
 
+def _per_sample_view(arr: np.ndarray, n: int, what: str) -> np.ndarray:
+    """``arr`` as ``(N, L)`` without a copy (an ``(N,)`` or scalar value as ``(N, 1)``, broadcast whole)."""
+    arr = np.asarray(arr)
+    if arr.size in (1, n) and arr.ndim <= 1 or arr.shape == (n,) + (1,) * (arr.ndim - 1):
+        return np.broadcast_to(arr.reshape(-1, 1), (n, 1)) if arr.size == 1 else arr.reshape(n, 1)
+    flat = arr.reshape(n, -1)
+    if not np.shares_memory(flat, arr) and arr.size:
+        raise ValueError(f"{what}: expected arrays that reshape to (N, -1) without a copy, found strides {arr.strides}")
+    return flat
+
+
+def elementwise(fn, out: np.ndarray, *operands) -> np.ndarray:
+    """``fn(out_part, *operand_parts)`` on bands of columns of the ``(N, -1)`` views, on the :func:`parallel_rows` threads.
+
+    ``out`` and every full-size operand must have ``out``'s size and reshape to
+    ``(N, -1)`` without a copy (C-contiguous, say); an operand with one value
+    per sample (shape ``(N,)``, ``(N, 1, ...)``) or a scalar is passed whole, as
+    ``(N, 1)``. ``fn`` writes ``out_part`` (a ufunc with ``out=``). Returns ``out``.
+    """
+    n = out.shape[0] if out.ndim else 1
+    flat_out = out.reshape(n, -1)
+    if out.size and not np.shares_memory(flat_out, out):
+        raise ValueError(f"elementwise: expected an output that reshapes to (N, -1) without a copy, found strides {out.strides}")
+    flats = [(_per_sample_view(op, n, "elementwise"), np.size(op) == out.size and np.size(op) > n) for op in operands]
+    length = flat_out.shape[1]
+
+    def band(lo, hi):
+        fn(flat_out[:, lo:hi], *[flat[:, lo:hi] if split else flat for flat, split in flats])
+
+    parallel_rows(band, length, out.size)
+    return out
+
+
+def channelwise(fn, out: np.ndarray, *operands) -> np.ndarray:
+    """``fn(out_part, *operand_parts)`` on bands of rows of the ``(-1, C)`` views (``C``: the last axis), threaded.
+
+    ``out`` and every full-size operand must reshape to ``(-1, C)`` without a
+    copy; an operand of shape ``(C,)`` (a per-channel value: a bias, a
+    BatchNorm scale) is passed whole. Returns ``out``.
+    """
+    channels = out.shape[-1] if out.ndim else 1
+    flat_out = out.reshape(-1, channels)
+    if out.size and not np.shares_memory(flat_out, out):
+        raise ValueError(f"channelwise: expected an output that reshapes to (-1, C) without a copy, found strides {out.strides}")
+    flats = []
+    for op in operands:
+        op = np.asarray(op)
+        if op.size == out.size and op.ndim > 1:
+            flats.append((op.reshape(-1, channels), True))
+        elif op.shape in ((channels,), (1,), ()):
+            flats.append((op, False))
+        else:
+            raise ValueError(f"channelwise: expected operands of shape {out.shape} or ({channels},), found {op.shape}")
+
+    def band(lo, hi):
+        fn(flat_out[lo:hi], *[flat[lo:hi] if split else flat for flat, split in flats])
+
+    parallel_rows(band, flat_out.shape[0], out.size)
+    return out
+
+
 #: :func:`per_sample_sum` adds float32 values in blocks of this many elements.
 SUM_BLOCK = 1 << 15
 
@@ -226,30 +297,50 @@ def per_sample_sum(arr: np.ndarray, absolute: bool = False, weights: np.ndarray 
     float64 copy of the block), across blocks in float64. Blocks run on the
     :func:`parallel_rows` threads; the result does not depend on their number.
     """
+    if absolute:
+        return _block_sums(arr, None, False, want_sum=False)[1]
+    return _block_sums(arr, weights, False, want_l1=False)[0]
+
+
+def multiply_and_sum(arr: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``arr *= factor`` in place, and the per-sample sum and L1 norm of the product, in one pass over memory.
+
+    The sums are those of :func:`per_sample_sum` (same blocks, same order).
+    ``factor`` has ``arr``'s shape. Returns ``(sum, l1)``, float64 ``(N,)`` each.
+    """
+    return _block_sums(arr, factor, True)
+
+
+def _block_sums(arr, other, in_place, want_sum=True, want_l1=True):
+    """The block loop behind :func:`per_sample_sum` and :func:`multiply_and_sum`: ``(sum or None, l1 or None)``."""
     n = arr.shape[0]
     flat = arr.reshape(n, -1)
-    other = None if weights is None else np.asarray(weights).reshape(n, -1)
-    dtype = np.result_type(flat, other) if other is not None else flat.dtype
+    if in_place and arr.size and not np.shares_memory(flat, arr):
+        raise ValueError(f"multiply_and_sum: expected an array that reshapes to (N, -1) without a copy, found strides {arr.strides}")
+    factor = None if other is None else np.asarray(other).reshape(n, -1)
+    dtype = np.result_type(flat, factor) if factor is not None else flat.dtype
     if dtype.kind != "f":
         dtype = np.dtype(np.float64)
     length = flat.shape[1]
     blocks = max(1, -(-length // SUM_BLOCK))
-    partial = np.zeros((n, blocks), dtype=np.float64)
+    sums = np.zeros((n, blocks), dtype=np.float64) if want_sum else None
+    l1 = np.zeros((n, blocks), dtype=np.float64) if want_l1 else None
 
     def band(lo, hi):
         scratch = np.empty((n, min(SUM_BLOCK, length)), dtype=dtype)
         for block in range(lo, hi):  # a loop over memory blocks, each a vectorized sum
             start, stop = block * SUM_BLOCK, min((block + 1) * SUM_BLOCK, length)
             part, tmp = flat[:, start:stop], scratch[:, : stop - start]
-            if absolute:
-                part = np.abs(part, out=tmp)
-            elif other is not None:
-                part = np.multiply(part, other[:, start:stop], out=tmp)
-            partial[:, block] = np.add.reduce(part, axis=1, dtype=dtype)
+            if factor is not None:
+                part = np.multiply(part, factor[:, start:stop], out=part if in_place else tmp)
+            if want_sum:
+                sums[:, block] = np.add.reduce(part, axis=1, dtype=dtype)
+            if want_l1:
+                l1[:, block] = np.add.reduce(np.abs(part, out=tmp), axis=1, dtype=dtype)
 
     if length:
         parallel_rows(band, blocks, flat.size)
-    return partial.sum(axis=1)
+    return (None if sums is None else sums.sum(axis=1)), (None if l1 is None else l1.sum(axis=1))
 
 
 # ---------------------------------------------------------------------------
@@ -346,17 +437,27 @@ def col2im(cols: np.ndarray, padded_shape, kernel_hw, strides) -> np.ndarray:
     """
     n, ho, wo, kh, kw, c = cols.shape
     sh, sw = strides
+    rows = [slice(i, i + sh * (ho - 1) + 1, sh) for i in range(kh)]
+    columns = [slice(j, j + sw * (wo - 1) + 1, sw) for j in range(kw)]
     if c < COL2IM_CHANNELS_FIRST_BELOW:
         out = np.zeros((padded_shape[0], padded_shape[3], padded_shape[1], padded_shape[2]), dtype=cols.dtype)
         source = cols.transpose(0, 5, 3, 4, 1, 2)  # (N, C, kh, kw, Ho, Wo), a view
-        for i in range(kh):
-            for j in range(kw):
-                out[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] += source[:, :, i, j]
+
+        def add_planes(lo, hi):  # channels lo..hi: the threads write disjoint channels
+            for i in range(kh):
+                for j in range(kw):
+                    out[:, lo:hi, rows[i], columns[j]] += source[:, lo:hi, i, j]
+
+        parallel_rows(add_planes, c, cols.size)
         return out.transpose(0, 2, 3, 1)
     out = np.zeros(padded_shape, dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :] += cols[:, :, :, i, j, :]
+
+    def add_channels(lo, hi):
+        for i in range(kh):
+            for j in range(kw):
+                out[:, rows[i], columns[j], lo:hi] += cols[:, :, :, i, j, lo:hi]
+
+    parallel_rows(add_channels, c, cols.size)
     return out
 
 
@@ -393,8 +494,14 @@ CONV_ALGORITHM = "auto"
 #: input's 3 channels make 16 tiny GEMMs, slower than one im2col GEMM) ...
 WINOGRAD_MIN_CHANNELS = 16
 #: ... and at most this share of the tiled output is padding (a 7x7 map is
-#: tiled as 8x8: 31% wasted work).
+#: tiled as 8x8: 31% wasted work) ...
 WINOGRAD_MAX_WASTE = 0.15
+#: ... and each of its 16 GEMMs ``(tiles, C) @ (C, K)`` has at least this many
+#: multiply-adds (``tiles * C * K``): tiny GEMMs run far below the BLAS peak and
+#: the transforms then cost more than the multiplications saved. On whole
+#: VGG16 and ResNet50 explanations (batch 1, 2 cores) Winograd on every 3x3
+#: stride-1 layer down to 14x14 maps was as fast or faster than im2col.
+WINOGRAD_MIN_GEMM = 1 << 20
 _WINOGRAD_FLIP = (3, 1, 2, 0)  # P: the tile position of each point after the 3 taps are reversed
 
 
@@ -411,7 +518,7 @@ def conv_algorithm(name: str):
         CONV_ALGORITHM = previous
 
 
-def _winograd_applies(kernel_shape, strides, out_hw, dtype) -> bool:
+def _winograd_applies(kernel_shape, strides, out_hw, dtype, batch: int = 1) -> bool:
     """Whether a convolution (or a vjp, as the convolution it is) runs as Winograd F(2x2, 3x3)."""
     kh, kw, cin, cout = kernel_shape
     if CONV_ALGORITHM == "im2col" or (kh, kw) != (3, 3) or tuple(strides) != (1, 1):
@@ -419,22 +526,22 @@ def _winograd_applies(kernel_shape, strides, out_hw, dtype) -> bool:
     if CONV_ALGORITHM == "winograd":
         return True
     ho, wo = out_hw
-    tiled = (2 * (-(-ho // 2))) * (2 * (-(-wo // 2)))
+    tiles = batch * (-(-ho // 2)) * (-(-wo // 2))
     return (np.dtype(dtype) == np.float32 and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
-            and tiled <= (1 + WINOGRAD_MAX_WASTE) * ho * wo)
+            and 4 * tiles <= (1 + WINOGRAD_MAX_WASTE) * batch * ho * wo and tiles * cin * cout >= WINOGRAD_MIN_GEMM)
 
 
 def winograd_kernel(kernel: np.ndarray) -> np.ndarray:
     """``U = G g G^T`` for each (input, output) channel pair: ``(3, 3, C, K)`` -> ``(16, C, K)``, position ``4a + b``.
 
-    Within a :func:`workspace` the result is kept for the rest of the pass
-    (keyed by the kernel array itself), so a layer's forward and vjp transform
-    its kernel once.
+    Within a :func:`workspace` the result is kept for the rest of the pass, or
+    until the kernel array itself is freed (a weak reference), so a layer's
+    forward and vjp transform its kernel once.
     """
     cache = _workspace.kernels if getattr(_workspace, "depth", 0) else None
     if cache is not None:
         hit = cache.get(id(kernel))
-        if hit is not None and hit[0] is kernel:
+        if hit is not None and hit[0]() is kernel:
             return hit[1]
     half = kernel.dtype.type(0.5)
 
@@ -456,7 +563,11 @@ def winograd_kernel(kernel: np.ndarray) -> np.ndarray:
     parallel_rows(transform, kernel.shape[2], u.size)
     u = u.reshape((16,) + kernel.shape[2:])
     if cache is not None:
-        cache[id(kernel)] = (kernel, u)
+        # a weak reference: a rule's modified kernel (z+, gamma) is not kept alive by the cache, and the
+        # transforms of kernels freed since are dropped at the next insertion (no callback: no cycle)
+        for key in [key for key, (ref, _) in cache.items() if ref() is None]:
+            del cache[key]
+        cache[id(kernel)] = (weakref.ref(kernel), u)
     return u
 
 
@@ -473,7 +584,7 @@ def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) 
     ho, wo = hp - 2, wp - 2
     th, tw = -(-ho // 2), -(-wo // 2)
     if 2 * th + 2 > hp or 2 * tw + 2 > wp:  # an odd output size: one more row/column of zeros
-        xp = pad_nhwc(xp, ((0, 2 * th + 2 - hp), (0, 2 * tw + 2 - wp)))
+        xp = pad_nhwc(xp, ((0, 2 * th + 2 - hp), (0, 2 * tw + 2 - wp)), slot="padded_odd")
     dtype = np.result_type(xp, u)
     k_out = u.shape[1] if flip else u.shape[2]
 
@@ -540,9 +651,9 @@ def conv2d_forward(x, kernel, bias, strides, pads) -> np.ndarray:
     kh, kw, cin, cout = kernel.shape
     sh, sw = strides
     n = x.shape[0]
-    xp = pad_nhwc(x, pads)
+    xp = pad_nhwc(x, pads, slot="padded")  # only read by the GEMM's operand below
     ho, wo = output_hw(xp.shape[1:3], (kh, kw), strides)
-    if _winograd_applies(kernel.shape, strides, (ho, wo), np.result_type(x, kernel)):
+    if _winograd_applies(kernel.shape, strides, (ho, wo), np.result_type(x, kernel), n):
         return winograd_conv(xp, winograd_kernel(kernel), bias=bias)
     if kh == kw == 1:
         cols = xp[:, ::sh, ::sw].reshape(n * ho * wo, cin)  # no copy unless strided
@@ -550,7 +661,7 @@ def conv2d_forward(x, kernel, bias, strides, pads) -> np.ndarray:
         cols = im2col(xp, (kh, kw), strides, reuse=True)
     y = np.matmul(cols, kernel.reshape(kh * kw * cin, cout)).reshape(n, ho, wo, cout)
     if bias is not None:
-        y += bias
+        channelwise(lambda out, b: np.add(out, b, out=out), y, bias)
     return y
 
 
@@ -573,13 +684,13 @@ def conv2d_vjp(grad, kernel, input_shape, strides, pads) -> np.ndarray:
     padded_shape = padded_shape_of((n, input_shape[1], input_shape[2], cin), pads)
     if kh == kw == 1 and tuple(strides) == (1, 1) and pads == ((0, 0), (0, 0)):
         return np.matmul(grad.reshape(n * ho * wo, cout), kernel.reshape(cin, cout).T).reshape(input_shape[:3] + (cin,))
-    if max(t, b, l, r) <= 2 and _winograd_applies((kh, kw, cout, cin), strides, input_shape[1:3], dtype):
-        grad_padded = pad_nhwc(grad, ((2 - t, 2 - b), (2 - l, 2 - r)))
+    if max(t, b, l, r) <= 2 and _winograd_applies((kh, kw, cout, cin), strides, input_shape[1:3], dtype, n):
+        grad_padded = pad_nhwc(grad, ((2 - t, 2 - b), (2 - l, 2 - r)), slot="padded")
         return winograd_conv(grad_padded, winograd_kernel(kernel), flip=True)
     if _gather_route(grad.shape, kernel.shape, strides, pads):
         # dx = correlate(pad(grad), kernel flipped in (i, j), channels swapped)
         flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
-        grad_padded = pad_nhwc(grad, ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)))
+        grad_padded = pad_nhwc(grad, ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)), slot="padded")
         dx = np.matmul(im2col(grad_padded, (kh, kw), (1, 1), reuse=True), flipped)
         return dx.reshape(n, input_shape[1], input_shape[2], cin)
     cols = np.matmul(grad.reshape(n * ho * wo, cout), kernel.reshape(kh * kw * cin, cout).T)

@@ -406,10 +406,16 @@ class ReLU(Layer):
 
     def forward(self, x):
         x = self._check_input(x)
-        return np.maximum(x, 0)
+        if not x.flags.c_contiguous:
+            return np.maximum(x, 0)
+        return kernels.elementwise(lambda out, v: np.maximum(v, 0, out=out), np.empty_like(x), x)
 
     def vjp(self, x, grad):
-        return np.asarray(grad) * (np.asarray(x) > 0)
+        grad, x = np.asarray(grad), np.asarray(x)
+        if not (grad.flags.c_contiguous and x.flags.c_contiguous and grad.shape == x.shape):
+            return grad * (x > 0)
+        return kernels.elementwise(lambda out, g, v: np.multiply(g, v > 0, out=out),
+                                   np.empty(grad.shape, dtype=np.result_type(grad, np.bool_)), grad, x)
 
 
 class Sigmoid(Layer):
@@ -503,9 +509,15 @@ class BatchNorm(Layer):
     def forward(self, x):
         x = self._check_input(x, channels=self.channels)
         scale, shift = self.scale_shift()
-        y = x * scale
-        y += shift  # in place: one temporary of the activation's size, not two
-        return y
+        dtype = np.result_type(x, scale)
+        if not x.flags.c_contiguous:
+            return (x * scale + shift).astype(dtype, copy=False)
+
+        def affine(out, v, sc, sh):  # one pass: the product, then the shift in place
+            np.multiply(v, sc, out=out)
+            out += sh
+
+        return kernels.channelwise(affine, np.empty(x.shape, dtype=dtype), x, scale.astype(dtype), shift.astype(dtype))
 
     def vjp(self, x, grad):
         """``grad * gamma / sqrt(moving_variance + epsilon)``."""

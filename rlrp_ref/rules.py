@@ -111,20 +111,25 @@ def divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def relative_rescale(contributions: np.ndarray, target_mass: np.ndarray):
+def relative_rescale(contributions: np.ndarray, target_mass: np.ndarray, mass: np.ndarray | None = None):
     """R-LRP's relative rescale, per sample: ``R = Rt * ||R_out||_1 / ||Rt||_1``.
 
     ``contributions`` (``Rt``) is rescaled IN PLACE and returned with the
     per-sample scale ``kappa`` and an ``absorbed`` flag. Where ``||Rt||_1 == 0``
     while the target mass is positive, all the relevance sat on biases or dead
     units: the result is 0, ``kappa = 0`` and ``absorbed`` is True
-    (RLRP_SPEC.md, "Linear maps", step 2). Norms never mix samples.
+    (RLRP_SPEC.md, "Linear maps", step 2). Norms never mix samples. ``mass`` is
+    ``||Rt||_1`` when the caller already has it.
     """
-    mass = l1_mass(contributions)
+    mass = l1_mass(contributions) if mass is None else np.asarray(mass, dtype=np.float64)
     target_mass = np.asarray(target_mass, dtype=np.float64)
     scale = np.zeros_like(mass)
     np.divide(target_mass, mass, out=scale, where=mass > 0)
-    contributions *= per_sample(scale.astype(contributions.dtype), contributions)
+    factor = per_sample(scale.astype(contributions.dtype), contributions)
+    if contributions.flags.c_contiguous:
+        kernels.elementwise(lambda out, f: np.multiply(out, f, out=out), contributions, factor)
+    else:
+        contributions *= factor
     absorbed = (mass == 0) & (target_mass > 0)
     return contributions, scale, absorbed
 
@@ -143,21 +148,38 @@ def ratio_split(skip: np.ndarray, branch: np.ndarray, relevance: np.ndarray, eps
 
     Returns ``(R_s, R_F, ties)`` with ``ties`` the per-sample tie count.
     """
-    total = skip + branch
-    denominator = stabilize(total, eps)
-    quotient = divide(relevance, denominator)
-    r_skip = skip * quotient
-    r_branch = branch * quotient
-    n = relevance.shape[0]
-    ties = np.zeros(n, dtype=np.intp)
-    zero = denominator == 0  # never true for eps > 0: stab(y) is pushed away from 0
-    if zero.any():
-        tie_mask = zero & (relevance != 0)
-        ties = tie_mask.reshape(n, -1).sum(axis=1)
-    if ties.any():
-        half = relevance * relevance.dtype.type(0.5)
-        r_skip = np.where(tie_mask, half, r_skip)
-        r_branch = np.where(tie_mask, half, r_branch)
+    dtype = np.result_type(skip, branch, relevance)
+    arrays = [np.ascontiguousarray(v, dtype=dtype) for v in np.broadcast_arrays(skip, branch, relevance)]
+    r_skip = np.empty(arrays[0].shape, dtype=dtype)
+    r_branch = np.empty(arrays[0].shape, dtype=dtype)
+    n = r_skip.shape[0]
+    tie_counts = []  # per band: (N,) counts of zero denominators with nonzero relevance
+
+    def band(rs, rb, s, f, r):  # one band of every array, (N, w) each; rb holds the denominator, then the quotient
+        np.add(s, f, out=rb)
+        if eps > 0:  # stab(y) = y + eps sign0(y), never 0: a plain division
+            rb += np.where(rb >= 0, dtype.type(eps), dtype.type(-eps))
+            np.divide(r, rb, out=rb)
+        else:
+            zero = rb == 0
+            if zero.any():  # divide by 1 there, then zero those quotients (see divide())
+                np.divide(r, rb + zero, out=rb)
+                rb *= ~zero
+                rb += 0
+                tie_mask = zero & (r != 0)
+            else:
+                np.divide(r, rb, out=rb)
+                tie_mask = None
+        np.multiply(s, rb, out=rs)
+        np.multiply(f, rb, out=rb)
+        if eps == 0 and tie_mask is not None and tie_mask.any():
+            half = r * dtype.type(0.5)
+            np.copyto(rs, half, where=tie_mask)
+            np.copyto(rb, half, where=tie_mask)
+            tie_counts.append(tie_mask.sum(axis=1))
+
+    kernels.elementwise(band, r_skip, r_branch, *arrays)
+    ties = np.sum(tie_counts, axis=0).astype(np.intp) if tie_counts else np.zeros(n, dtype=np.intp)
     return r_skip, r_branch, ties
 
 
@@ -275,13 +297,14 @@ class RLRP(Rule):
     def __call__(self, layer, a, z, relevance, mass=None):
         contributions = layer.vjp(a, relevance)
         # the product is taken in place unless the vjp handed back a view
-        if not contributions.flags.writeable or np.may_share_memory(contributions, relevance):
-            contributions = contributions.copy()
-        contributions *= a
-        total = sample_sum(contributions)
+        if (not contributions.flags.writeable or not contributions.flags.c_contiguous
+                or np.may_share_memory(contributions, relevance)):
+            contributions = np.array(contributions, order="C")
+        # Rt = a * vjp(R), with sum(Rt) and ||Rt||_1 taken in the same pass
+        total, contribution_mass = kernels.multiply_and_sum(contributions, np.broadcast_to(a, contributions.shape))
         rhs = law_rhs(layer, z, relevance)
         mass = l1_mass(relevance) if mass is None else mass
-        out, scale, absorbed = relative_rescale(contributions, mass)
+        out, scale, absorbed = relative_rescale(contributions, mass, contribution_mass)
         # ||R_in||_1 = kappa ||Rt||_1 = ||R||_1 (0 where nothing was left to rescale), up to rounding
         return Step(out, total, rhs, scale, absorbed, np.where(scale > 0, mass, 0.0))
 

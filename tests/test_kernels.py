@@ -183,7 +183,10 @@ def test_winograd_choice():
     assert kernels._winograd_applies((3, 3, 64, 64), same, (224, 224), np.float32)
     assert not kernels._winograd_applies((3, 3, 64, 64), same, (224, 224), np.float64)  # the reference mode
     assert not kernels._winograd_applies((3, 3, 3, 64), same, (224, 224), np.float32)  # an RGB input
-    assert not kernels._winograd_applies((3, 3, 512, 512), same, (7, 7), np.float32)  # 8x8 tiles for 7x7: 31% waste
+    assert not kernels._winograd_applies((3, 3, 512, 512), same, (7, 7), np.float32, 64)  # 8x8 tiles for 7x7: 31% waste
+    assert kernels._winograd_applies((3, 3, 512, 512), same, (14, 14), np.float32)
+    assert not kernels._winograd_applies((3, 3, 16, 16), same, (16, 16), np.float32)  # 16 GEMMs of 64 x 16 x 16
+    assert kernels._winograd_applies((3, 3, 16, 16), same, (16, 16), np.float32, 64)
     assert not kernels._winograd_applies((3, 3, 64, 64), (2, 2), (112, 112), np.float32)
     assert not kernels._winograd_applies((1, 1, 64, 64), same, (56, 56), np.float32)
     with kernels.conv_algorithm("im2col"):
