@@ -209,19 +209,75 @@ def threads_everywhere(monkeypatch):
 
 
 def test_results_do_not_depend_on_the_thread_count(rng, winograd, threads_everywhere):
+    """Every threaded pass writes disjoint bands: 1, 2 or 3 threads give the same bits."""
     x = rng.standard_normal((2, 10, 9, 17)).astype(np.float32)
     k = rng.standard_normal((3, 3, 17, 5)).astype(np.float32)
+    rgb = rng.standard_normal((2, 11, 10, 3)).astype(np.float32)
+    stem = rng.standard_normal((7, 7, 3, 4)).astype(np.float32)
+    norm = rr.BatchNorm(*(rng.uniform(0.5, 2, 17) for _ in range(4)))
+    bias = rng.standard_normal(5).astype(np.float32)
     outs = []
     for threads in (1, 2, 3):
         kernels.set_num_threads(threads)
-        y = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
+        y = kernels.conv2d_forward(x, k, bias, (1, 1), ((1, 1), (1, 1)))
         dx = kernels.conv2d_vjp(y, k, x.shape, (1, 1), ((1, 1), (1, 1)))
         with kernels.conv_algorithm("im2col"):
-            y2 = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
-        outs.append((y, dx, y2, kernels.per_sample_sum(y, absolute=True)))
+            y2 = kernels.conv2d_forward(x, k, np.ones(5, np.float32), (1, 1), ((1, 1), (1, 1)))
+            dx2 = kernels.conv2d_vjp(y2[:, ::2, ::2].copy(), k, x.shape, (2, 2), ((1, 1), (1, 1)))  # col2im by channels
+        s = kernels.conv2d_forward(rgb, stem, None, (2, 2), ((3, 3), (3, 3)))
+        ds = kernels.conv2d_vjp(s, stem, rgb.shape, (2, 2), ((3, 3), (3, 3)))  # col2im channels-first
+        split = rr.rules.ratio_split(x, np.where(x > 1, -x, np.float32(0.5) - x), 2 * x)  # ties where x > 1
+        outs.append((y, dx, y2, dx2, ds, rr.ReLU().forward(x), rr.ReLU().vjp(x, x), norm.forward(x), *split[:2],
+                     kernels.per_sample_sum(y, absolute=True), kernels.per_sample_sum(y, weights=y)))
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_elementwise_and_channelwise_against_numpy(rng, threads_everywhere):
+    kernels.set_num_threads(3)
+    a = rng.standard_normal((3, 5, 4, 6))
+    b = rng.standard_normal((3, 5, 4, 6))
+    per_sample = rng.standard_normal((3, 1, 1, 1))
+    per_channel = rng.standard_normal(6)
+    out = kernels.elementwise(lambda o, u, v, f: np.add(u * f, v, out=o), np.empty_like(a), a, b, per_sample)
+    np.testing.assert_array_equal(out, a * per_sample + b)
+    out = kernels.channelwise(lambda o, u, c: np.multiply(u, c, out=o), np.empty_like(a), a, per_channel)
+    np.testing.assert_array_equal(out, a * per_channel)
+    with pytest.raises(ValueError, match="without a copy"):
+        kernels.elementwise(lambda o, u: np.add(u, 0, out=o), np.empty((6, 4, 5, 3)).transpose(3, 2, 1, 0), a)
+    with pytest.raises(ValueError, match=r"expected operands of shape \(3, 5, 4, 6\) or \(6,\), found \(5,\)"):
+        kernels.channelwise(lambda o, u: None, np.empty_like(a), np.ones(5))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_multiply_and_sum_is_the_product_and_its_sums(rng, monkeypatch, threads_everywhere, dtype):
+    monkeypatch.setattr(kernels, "SUM_BLOCK", 64)
+    a = rng.standard_normal((2, 9, 7, 5)).astype(dtype)
+    f = rng.standard_normal(a.shape).astype(dtype)
+    want = a * f
+    total, l1 = kernels.multiply_and_sum(a, f)
+    np.testing.assert_array_equal(a, want)  # in place
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(total, want.reshape(2, -1).astype(np.float64).sum(axis=1), rtol=tol, atol=tol)
+    np.testing.assert_allclose(l1, np.abs(want).reshape(2, -1).astype(np.float64).sum(axis=1), rtol=tol)
+    np.testing.assert_array_equal(total, kernels.per_sample_sum(want))
+    np.testing.assert_array_equal(l1, kernels.per_sample_sum(want, absolute=True))
+
+
+def test_openblas_spin_timeout_is_set_before_numpy_loads():
+    """Imported before NumPy, rlrp_ref shortens OpenBLAS's idle spin; a user's value, or NumPy first, is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    show = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    run = lambda code, **extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra},  # noqa: E731
+                                                capture_output=True, text=True, check=True).stdout.strip()
+    assert run(f"import rlrp_ref; {show}") == "16"
+    assert run(f"import rlrp_ref; {show}", OPENBLAS_THREAD_TIMEOUT="20") == "20"
+    assert run(f"import numpy, rlrp_ref; {show}") == "None"
 
 
 def test_set_num_threads_rejects_nonsense():

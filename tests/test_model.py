@@ -130,6 +130,18 @@ def test_fold_batchnorm_equivalence(rng, eps):
             assert np.array_equal(v, before[layer.name][k])
 
 
+def test_fold_batchnorm_can_share_what_it_does_not_change(rng):
+    model = small_resnet(rng)
+    x = rng.standard_normal((2, 8, 8, 2))
+    shared = fold_batchnorm(model, copy_unchanged=False)
+    copied = fold_batchnorm(model)
+    np.testing.assert_array_equal(shared.forward(x), copied.forward(x))
+    originals = {id(layer) for layer in model.iter_layers()}
+    kept = [layer for layer in shared.iter_layers() if not isinstance(layer, (rr.Conv2D, rr.Dense))]
+    assert kept and all(id(layer) in originals for layer in kept)
+    assert not any(id(layer) in originals for layer in copied.iter_layers())
+
+
 def test_fold_batchnorm_dense_without_bias(rng):
     model = rr.Sequential([rr.Dense(rng.standard_normal((4, 3))), bn(rng, 3), rr.ReLU()])
     folded = fold_batchnorm(model)
