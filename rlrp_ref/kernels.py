@@ -160,8 +160,13 @@ def padded_shape_of(input_shape, pads: Pads) -> tuple[int, int, int, int]:
 # in parallel. Every band writes its own rows of the output; the results are
 # the same, bit for bit, whatever the thread count.
 
-#: Element-wise passes smaller than this many elements run on the calling thread alone.
-PARALLEL_MIN_ELEMENTS = 1 << 18
+#: Passes of less work than this (element operations: elements times the
+#: operations on each) run on the calling thread alone. Handing a band to
+#: another thread and waiting for it costs about 60 us on the 2-core KVM guest
+#: the benchmarks ran on (waking an idle virtual CPU), as much as one
+#: multiplication of 2M float32 values: below that, a second thread only slows a
+#: pass down.
+PARALLEL_MIN_WORK = 1 << 20
 _pool_state = {"threads": None, "pool": None}
 
 
@@ -198,15 +203,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-def parallel_rows(fn, rows: int, elements: int) -> None:
+def parallel_rows(fn, rows: int, work: int) -> None:
     """Run ``fn(lo, hi)`` over bands of ``range(rows)`` that together cover it, on :func:`num_threads` threads.
 
-    ``elements`` is the size of the pass; below :data:`PARALLEL_MIN_ELEMENTS`
-    (or with one thread, or one row) ``fn(0, rows)`` runs on the calling thread.
-    ``fn`` must write disjoint outputs for disjoint bands.
+    ``work`` is the size of the pass in element operations; below
+    :data:`PARALLEL_MIN_WORK` (or with one thread, or one row) ``fn(0, rows)``
+    runs on the calling thread. ``fn`` must write disjoint outputs for disjoint bands.
     """
     threads = min(num_threads(), rows)
-    if threads <= 1 or elements < PARALLEL_MIN_ELEMENTS:
+    if threads <= 1 or work < PARALLEL_MIN_WORK:
         fn(0, rows)
         return
     pool = _pool_state["pool"]
@@ -232,13 +237,15 @@ def _per_sample_view(arr: np.ndarray, n: int, what: str) -> np.ndarray:
     return flat
 
 
-def elementwise(fn, out: np.ndarray, *operands) -> np.ndarray:
+def elementwise(fn, out: np.ndarray, *operands, ops: int = 1) -> np.ndarray:
     """``fn(out_part, *operand_parts)`` on bands of columns of the ``(N, -1)`` views, on the :func:`parallel_rows` threads.
 
     ``out`` and every full-size operand must have ``out``'s size and reshape to
     ``(N, -1)`` without a copy (C-contiguous, say); an operand with one value
     per sample (shape ``(N,)``, ``(N, 1, ...)``) or a scalar is passed whole, as
-    ``(N, 1)``. ``fn`` writes ``out_part`` (a ufunc with ``out=``). Returns ``out``.
+    ``(N, 1)``. ``fn`` writes ``out_part`` (a ufunc with ``out=``); ``ops`` is
+    about how many operations it makes on each element (see
+    :data:`PARALLEL_MIN_WORK`). Returns ``out``.
     """
     n = out.shape[0] if out.ndim else 1
     flat_out = out.reshape(n, -1)
@@ -250,16 +257,16 @@ def elementwise(fn, out: np.ndarray, *operands) -> np.ndarray:
     def band(lo, hi):
         fn(flat_out[:, lo:hi], *[flat[:, lo:hi] if split else flat for flat, split in flats])
 
-    parallel_rows(band, length, out.size)
+    parallel_rows(band, length, ops * out.size)
     return out
 
 
-def channelwise(fn, out: np.ndarray, *operands) -> np.ndarray:
+def channelwise(fn, out: np.ndarray, *operands, ops: int = 1) -> np.ndarray:
     """``fn(out_part, *operand_parts)`` on bands of rows of the ``(-1, C)`` views (``C``: the last axis), threaded.
 
     ``out`` and every full-size operand must reshape to ``(-1, C)`` without a
     copy; an operand of shape ``(C,)`` (a per-channel value: a bias, a
-    BatchNorm scale) is passed whole. Returns ``out``.
+    BatchNorm scale) is passed whole; ``ops`` as for :func:`elementwise`. Returns ``out``.
     """
     channels = out.shape[-1] if out.ndim else 1
     flat_out = out.reshape(-1, channels)
@@ -278,7 +285,7 @@ def channelwise(fn, out: np.ndarray, *operands) -> np.ndarray:
     def band(lo, hi):
         fn(flat_out[lo:hi], *[flat[lo:hi] if split else flat for flat, split in flats])
 
-    parallel_rows(band, flat_out.shape[0], out.size)
+    parallel_rows(band, flat_out.shape[0], ops * out.size)
     return out
 
 
@@ -339,7 +346,7 @@ def _block_sums(arr, other, in_place, want_sum=True, want_l1=True):
                 l1[:, block] = np.add.reduce(np.abs(part, out=tmp), axis=1, dtype=dtype)
 
     if length:
-        parallel_rows(band, blocks, flat.size)
+        parallel_rows(band, blocks, (want_sum + 2 * want_l1 + (factor is not None)) * flat.size)
     return (None if sums is None else sums.sum(axis=1)), (None if l1 is None else l1.sum(axis=1))
 
 
@@ -497,11 +504,12 @@ WINOGRAD_MIN_CHANNELS = 16
 #: tiled as 8x8: 31% wasted work) ...
 WINOGRAD_MAX_WASTE = 0.15
 #: ... and each of its 16 GEMMs ``(tiles, C) @ (C, K)`` has at least this many
-#: multiply-adds (``tiles * C * K``): tiny GEMMs run far below the BLAS peak and
-#: the transforms then cost more than the multiplications saved. On whole
-#: VGG16 and ResNet50 explanations (batch 1, 2 cores) Winograd on every 3x3
-#: stride-1 layer down to 14x14 maps was as fast or faster than im2col.
-WINOGRAD_MIN_GEMM = 1 << 20
+#: multiply-adds (``tiles * C * K``): smaller ones run far below the BLAS peak,
+#: and the transforms cost more than the multiplications saved. Measured at
+#: batch 1 on 2 cores (OpenBLAS): VGG16's 224x224 to 28x28 layers gain 20-40%;
+#: ResNet50's 56x56x64, 28x28x128 and 14x14x256 layers and VGG16's 14x14x512 do
+#: not, and whole ResNet50 explanations ran 10% faster with im2col there.
+WINOGRAD_MIN_GEMM = 1 << 24
 _WINOGRAD_FLIP = (3, 1, 2, 0)  # P: the tile position of each point after the 3 taps are reversed
 
 
@@ -560,7 +568,7 @@ def winograd_kernel(kernel: np.ndarray) -> np.ndarray:
         apply_g(kernel[:, :, lo:hi], rows[:, :, lo:hi])  # G g: along the kernel's rows
         apply_g(rows[:, :, lo:hi].swapaxes(0, 1), u[:, :, lo:hi].swapaxes(0, 1))  # (G g) G^T: along its columns
 
-    parallel_rows(transform, kernel.shape[2], u.size)
+    parallel_rows(transform, kernel.shape[2], 3 * u.size)
     u = u.reshape((16,) + kernel.shape[2:])
     if cache is not None:
         # a weak reference: a rule's modified kernel (z+, gamma) is not kept alive by the cache, and the
@@ -603,7 +611,7 @@ def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) 
         for a in range(4):
             apply_bt([rows[a][:, lo:hi, k : k + 2 * tw - 1 : 2] for k in range(4)], v[a][:, :, lo:hi])
 
-    parallel_rows(input_transform, th, v.size)
+    parallel_rows(input_transform, th, 3 * v.size // 2)
     # 16 GEMMs, one per tile position s = 4a + b; the flipped kernel sits at the permuted position, transposed
     v = v.reshape(16, n * th * tw, c)
     m = _scratch((16, n * th * tw, k_out), dtype, "winograd_out")

@@ -415,7 +415,7 @@ class ReLU(Layer):
         if not (grad.flags.c_contiguous and x.flags.c_contiguous and grad.shape == x.shape):
             return grad * (x > 0)
         return kernels.elementwise(lambda out, g, v: np.multiply(g, v > 0, out=out),
-                                   np.empty(grad.shape, dtype=np.result_type(grad, np.bool_)), grad, x)
+                                   np.empty(grad.shape, dtype=np.result_type(grad, np.bool_)), grad, x, ops=2)
 
 
 class Sigmoid(Layer):
@@ -517,7 +517,7 @@ class BatchNorm(Layer):
             np.multiply(v, sc, out=out)
             out += sh
 
-        return kernels.channelwise(affine, np.empty(x.shape, dtype=dtype), x, scale.astype(dtype), shift.astype(dtype))
+        return kernels.channelwise(affine, np.empty(x.shape, dtype=dtype), x, scale.astype(dtype), shift.astype(dtype), ops=2)
 
     def vjp(self, x, grad):
         """``grad * gamma / sqrt(moving_variance + epsilon)``."""

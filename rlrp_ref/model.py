@@ -198,9 +198,19 @@ class Residual(Container):
             f = self.branch._trace_into(u, record)
         if s.shape != f.shape:
             raise ValueError(f"block '{self.name}': expected skip and branch outputs of one shape, found skip {s.shape} and branch {f.shape}")
-        y = s + f
-        if self.activation == "relu":
-            np.maximum(y, 0, out=y)
+        relu = self.activation == "relu"
+
+        def add(out, a, b):  # y = s + F, then the block's ReLU in place, band by band
+            np.add(a, b, out=out)
+            if relu:
+                np.maximum(out, 0, out=out)
+
+        dtype = np.result_type(s, f)
+        if s.flags.c_contiguous and f.flags.c_contiguous:
+            y = kernels.elementwise(add, np.empty(s.shape, dtype=dtype), s, f, ops=1 + relu)
+        else:
+            y = np.empty(s.shape, dtype=dtype)
+            add(y, s, f)
         if record is not None:
             record[self.name] = y
         return y

@@ -178,7 +178,7 @@ def ratio_split(skip: np.ndarray, branch: np.ndarray, relevance: np.ndarray, eps
             np.copyto(rb, half, where=tie_mask)
             tie_counts.append(tie_mask.sum(axis=1))
 
-    kernels.elementwise(band, r_skip, r_branch, *arrays)
+    kernels.elementwise(band, r_skip, r_branch, *arrays, ops=6)
     ties = np.sum(tie_counts, axis=0).astype(np.intp) if tie_counts else np.zeros(n, dtype=np.intp)
     return r_skip, r_branch, ties
 

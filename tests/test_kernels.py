@@ -184,9 +184,10 @@ def test_winograd_choice():
     assert not kernels._winograd_applies((3, 3, 64, 64), same, (224, 224), np.float64)  # the reference mode
     assert not kernels._winograd_applies((3, 3, 3, 64), same, (224, 224), np.float32)  # an RGB input
     assert not kernels._winograd_applies((3, 3, 512, 512), same, (7, 7), np.float32, 64)  # 8x8 tiles for 7x7: 31% waste
-    assert kernels._winograd_applies((3, 3, 512, 512), same, (14, 14), np.float32)
-    assert not kernels._winograd_applies((3, 3, 16, 16), same, (16, 16), np.float32)  # 16 GEMMs of 64 x 16 x 16
-    assert kernels._winograd_applies((3, 3, 16, 16), same, (16, 16), np.float32, 64)
+    assert kernels._winograd_applies((3, 3, 512, 512), same, (28, 28), np.float32)
+    assert not kernels._winograd_applies((3, 3, 512, 512), same, (14, 14), np.float32)  # 16 GEMMs of 49 rows
+    assert kernels._winograd_applies((3, 3, 512, 512), same, (14, 14), np.float32, 8)  # ... of 392 rows
+    assert not kernels._winograd_applies((3, 3, 64, 64), same, (56, 56), np.float32)  # ResNet50's first stage
     assert not kernels._winograd_applies((3, 3, 64, 64), (2, 2), (112, 112), np.float32)
     assert not kernels._winograd_applies((1, 1, 64, 64), same, (56, 56), np.float32)
     with kernels.conv_algorithm("im2col"):
@@ -203,7 +204,7 @@ def test_winograd_choice():
 
 @pytest.fixture
 def threads_everywhere(monkeypatch):
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)
     yield
     kernels.set_num_threads(None)
 
