@@ -579,6 +579,19 @@ def winograd_kernel(kernel: np.ndarray) -> np.ndarray:
     return u
 
 
+#: The Winograd transforms run a few tile rows at a time, so that the
+#: intermediate of their two passes (rows, then columns) holds about this many
+#: bytes and is read back from cache rather than memory (0: whole bands).
+WINOGRAD_CHUNK_BYTES = 1 << 21
+
+
+def _chunk_rows(bytes_per_row: int, rows: int) -> int:
+    """Tile rows per chunk: :data:`WINOGRAD_CHUNK_BYTES` of intermediate, at least 1."""
+    if WINOGRAD_CHUNK_BYTES <= 0:
+        return rows
+    return max(1, min(rows, WINOGRAD_CHUNK_BYTES // max(bytes_per_row, 1)))
+
+
 def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) -> np.ndarray:
     """A "valid" 3x3 stride-1 correlation of the padded input ``xp`` by Winograd F(2x2, 3x3).
 
@@ -602,14 +615,19 @@ def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) 
         np.subtract(d[2], d[1], out=out[2])
         np.subtract(d[1], d[3], out=out[3])
 
-    # input transform B^T d B, first along the tile rows, then along the tile columns (bands of tile rows)
-    rows = _scratch((4, n, th, xp.shape[2], c), dtype, "winograd_rows")
+    # input transform B^T d B, first along the tile rows, then along the tile columns, a few tile rows at a
+    # time so that the intermediate stays in cache (bands of tile rows on the element-wise threads)
     v = _scratch((4, 4, n, th, tw, c), dtype, "winograd_in")
+    step_in = _chunk_rows(4 * n * xp.shape[2] * c * dtype.itemsize, th)
 
     def input_transform(lo, hi):
-        apply_bt([xp[:, 2 * lo + k : 2 * hi + k - 1 : 2] for k in range(4)], rows[:, :, lo:hi])
-        for a in range(4):
-            apply_bt([rows[a][:, lo:hi, k : k + 2 * tw - 1 : 2] for k in range(4)], v[a][:, :, lo:hi])
+        rows = np.empty((4, n, min(step_in, hi - lo), xp.shape[2], c), dtype=dtype)
+        for p0 in range(lo, hi, step_in):  # a loop over chunks of tile rows
+            p1 = min(p0 + step_in, hi)
+            r = rows[:, :, : p1 - p0]
+            apply_bt([xp[:, 2 * p0 + k : 2 * p1 + k - 1 : 2] for k in range(4)], r)
+            for a in range(4):
+                apply_bt([r[a][:, :, k : k + 2 * tw - 1 : 2] for k in range(4)], v[a][:, :, p0:p1])
 
     parallel_rows(input_transform, th, 3 * v.size // 2)
     # 16 GEMMs, one per tile position s = 4a + b; the flipped kernel sits at the permuted position, transposed
@@ -625,22 +643,25 @@ def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) 
     m = m.reshape(4, 4, n, th, tw, k_out)
     if bias is not None:
         m[1, 1] += bias  # A^T e_1 = (1, 1): added once here, it reaches all four outputs of a tile
-    # output transform A^T m A: rows first, then columns, written into the interleaved output
-    half_rows = _scratch((2, 4, n, th, tw, k_out), dtype, "winograd_rows")
+    # output transform A^T m A: rows first, then columns, written into the interleaved output (in chunks)
     y = np.empty((n, th, 2, tw, 2, k_out), dtype=dtype)
+    step_out = _chunk_rows(8 * n * tw * k_out * dtype.itemsize, th)
 
     def output_transform(lo, hi):
-        band, t = m[:, :, :, lo:hi], half_rows[:, :, :, lo:hi]
-        np.add(band[0], band[1], out=t[0])
-        t[0] += band[2]
-        np.subtract(band[1], band[2], out=t[1])
-        t[1] -= band[3]
-        for a in range(2):
-            out = y[:, lo:hi, a]
-            np.add(t[a, 0], t[a, 1], out=out[:, :, :, 0])
-            out[:, :, :, 0] += t[a, 2]
-            np.subtract(t[a, 1], t[a, 2], out=out[:, :, :, 1])
-            out[:, :, :, 1] -= t[a, 3]
+        half_rows = np.empty((2, 4, n, min(step_out, hi - lo), tw, k_out), dtype=dtype)
+        for p0 in range(lo, hi, step_out):  # a loop over chunks of tile rows
+            p1 = min(p0 + step_out, hi)
+            band, t = m[:, :, :, p0:p1], half_rows[:, :, :, : p1 - p0]
+            np.add(band[0], band[1], out=t[0])
+            t[0] += band[2]
+            np.subtract(band[1], band[2], out=t[1])
+            t[1] -= band[3]
+            for a in range(2):
+                out = y[:, p0:p1, a]
+                np.add(t[a, 0], t[a, 1], out=out[:, :, :, 0])
+                out[:, :, :, 0] += t[a, 2]
+                np.subtract(t[a, 1], t[a, 2], out=out[:, :, :, 1])
+                out[:, :, :, 1] -= t[a, 3]
 
     parallel_rows(output_transform, th, m.size)
     y = y.reshape(n, 2 * th, 2 * tw, k_out)
