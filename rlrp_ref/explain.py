@@ -27,6 +27,7 @@ from .composites import RELEVANCE_METHODS, Composite
 from .layers import Layer
 from .ledger import Ledger, LedgerRecord
 from .model import Container, Residual, Sequential, Trace
+from .kernels import add_and_sum, per_sample_sums
 from .rules import l1_mass, sample_sum
 
 METHODS = tuple(RELEVANCE_METHODS) + tuple(attribution.GRADIENT_METHODS)
@@ -189,16 +190,18 @@ class _Walk:
         skip_out = block.skip_output(self.record, u)
         r_skip, r_branch, ties = self.residual.split(skip_out, self.record[block.branch.name], relevance)
         n = relevance.shape[0]
-        split_sum = sample_sum(r_skip) + sample_sum(r_branch)
+        (sum_skip, mass_skip), (sum_branch, mass_branch) = per_sample_sums(r_skip), per_sample_sums(r_branch)
+        self._remember(r_skip, mass_skip)
+        self._remember(r_branch, mass_branch)
         self.ledger.append(LedgerRecord(
-            block.name, "residual_split", self.residual.name, split_sum,
+            block.name, "residual_split", self.residual.name, sum_skip + sum_branch,
             sample_sum(relevance), np.ones(n),
-            self.mass(r_skip) + self.mass(r_branch), self.mass(relevance), ties, np.zeros(n, dtype=bool), path,
+            mass_skip + mass_branch, self.mass(relevance), ties, np.zeros(n, dtype=bool), path,
         ))
         from_branch = self.run(block.branch, u, r_branch, path + (f"{block.name}/branch",))
         from_skip = self.run(block.skip, u, r_skip, path + (f"{block.name}/skip",)) if block.skip is not None else r_skip
-        contributions = np.add(from_branch, from_skip)
-        step = self.residual.merge(contributions, relevance, mass=self.mass(relevance))
+        contributions, total, contribution_mass = add_and_sum(from_branch, from_skip)
+        step = self.residual.merge(contributions, relevance, mass=self.mass(relevance), sums=(total, contribution_mass))
         self._log(block.name, block.kind, self.residual.name, step, relevance, path)
         return step.relevance
 

@@ -305,8 +305,15 @@ def per_sample_sum(arr: np.ndarray, absolute: bool = False, weights: np.ndarray 
     :func:`parallel_rows` threads; the result does not depend on their number.
     """
     if absolute:
-        return _block_sums(arr, None, False, want_sum=False)[1]
-    return _block_sums(arr, weights, False, want_l1=False)[0]
+        return _block_sums(arr, want_sum=False)[1]
+    if weights is None:
+        return _block_sums(arr, want_l1=False)[0]
+    return _block_sums(arr, weights, np.multiply, want_l1=False)[0]
+
+
+def per_sample_sums(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum, L1 norm)`` of each sample in one pass over memory (the sums of :func:`per_sample_sum`)."""
+    return _block_sums(arr)
 
 
 def multiply_and_sum(arr: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -315,16 +322,31 @@ def multiply_and_sum(arr: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, n
     The sums are those of :func:`per_sample_sum` (same blocks, same order).
     ``factor`` has ``arr``'s shape. Returns ``(sum, l1)``, float64 ``(N,)`` each.
     """
-    return _block_sums(arr, factor, True)
+    return _block_sums(arr, factor, np.multiply, out=arr)
 
 
-def _block_sums(arr, other, in_place, want_sum=True, want_l1=True):
-    """The block loop behind :func:`per_sample_sum` and :func:`multiply_and_sum`: ``(sum or None, l1 or None)``."""
+def add_and_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(a + b, its per-sample sum, its L1 norm)``, the sum a new array, in one pass over memory."""
+    out = np.empty(np.broadcast_shapes(a.shape, b.shape), dtype=np.result_type(a, b))
+    total, l1 = _block_sums(np.broadcast_to(a, out.shape), np.broadcast_to(b, out.shape), np.add, out=out)
+    return out, total, l1
+
+
+def _block_sums(arr, other=None, op=None, out=None, want_sum=True, want_l1=True):
+    """The block loop behind the per-sample sums: ``(sum or None, l1 or None)`` of ``arr`` or of ``op(arr, other)``.
+
+    With ``op``, each block of ``op(arr, other)`` is written into ``out`` (a
+    C-contiguous array of ``arr``'s shape, possibly ``arr`` itself) or, without
+    ``out``, into a block-sized temporary, and summed while it is in cache.
+    """
     n = arr.shape[0]
     flat = arr.reshape(n, -1)
-    if in_place and arr.size and not np.shares_memory(flat, arr):
-        raise ValueError(f"multiply_and_sum: expected an array that reshapes to (N, -1) without a copy, found strides {arr.strides}")
     factor = None if other is None else np.asarray(other).reshape(n, -1)
+    target = None
+    if out is not None:
+        target = out.reshape(n, -1)
+        if out.size and not np.shares_memory(target, out):
+            raise ValueError(f"per-sample sums: expected an output that reshapes to (N, -1) without a copy, found strides {out.strides}")
     dtype = np.result_type(flat, factor) if factor is not None else flat.dtype
     if dtype.kind != "f":
         dtype = np.dtype(np.float64)
@@ -338,15 +360,15 @@ def _block_sums(arr, other, in_place, want_sum=True, want_l1=True):
         for block in range(lo, hi):  # a loop over memory blocks, each a vectorized sum
             start, stop = block * SUM_BLOCK, min((block + 1) * SUM_BLOCK, length)
             part, tmp = flat[:, start:stop], scratch[:, : stop - start]
-            if factor is not None:
-                part = np.multiply(part, factor[:, start:stop], out=part if in_place else tmp)
+            if op is not None:
+                part = op(part, factor[:, start:stop], out=tmp if target is None else target[:, start:stop])
             if want_sum:
                 sums[:, block] = np.add.reduce(part, axis=1, dtype=dtype)
             if want_l1:
                 l1[:, block] = np.add.reduce(np.abs(part, out=tmp), axis=1, dtype=dtype)
 
     if length:
-        parallel_rows(band, blocks, (want_sum + 2 * want_l1 + (factor is not None)) * flat.size)
+        parallel_rows(band, blocks, (want_sum + 2 * want_l1 + (op is not None)) * flat.size)
     return (None if sums is None else sums.sum(axis=1)), (None if l1 is None else l1.sum(axis=1))
 
 

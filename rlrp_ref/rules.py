@@ -676,16 +676,17 @@ class ResidualRule:
         """``(R_s, R_F, ties)`` for ``R_y`` at ``y = s + F`` (:func:`ratio_split` with ``split_eps``)."""
         return ratio_split(skip, branch, relevance, self.split_eps)
 
-    def merge(self, contributions: np.ndarray, relevance_out: np.ndarray, mass=None) -> Step:
+    def merge(self, contributions: np.ndarray, relevance_out: np.ndarray, mass=None, sums=None) -> Step:
         """``R_u`` from ``Rt_u = R_{s->u} + R_{F->u}``: as is, or rescaled to ``||R_y||_1`` (``rescale``).
 
-        ``mass`` is ``||R_y||_1`` when the caller knows it.
+        ``mass`` is ``||R_y||_1`` and ``sums`` is ``(sum(Rt_u), ||Rt_u||_1)``
+        per sample, when the caller knows them.
         """
+        total, contribution_mass = sums if sums is not None else (sample_sum(contributions), None)
         if not self.rescale:
-            return _conserving_step(contributions, relevance_out)
-        total = sample_sum(contributions)
+            return Step(contributions, total, sample_sum(relevance_out), np.ones(len(total)), np.zeros(len(total), dtype=bool))
         mass = l1_mass(relevance_out) if mass is None else mass
-        out, scale, absorbed = relative_rescale(contributions, mass)
+        out, scale, absorbed = relative_rescale(contributions, mass, contribution_mass)
         return Step(out, total, total, scale, absorbed, np.where(scale > 0, mass, 0.0))
 
 

@@ -303,3 +303,17 @@ def test_per_sample_sum_against_fsum(rng, monkeypatch, dtype, shape):
     for got, exact, scale in cases:
         assert got.dtype == np.float64 and got.shape == (shape[0],)
         assert np.all(np.abs(got - np.array(exact)) <= rel * scale + 1e-300), (got, exact)
+
+
+def test_add_and_sum_and_per_sample_sums(rng, monkeypatch, threads_everywhere):
+    monkeypatch.setattr(kernels, "SUM_BLOCK", 50)
+    kernels.set_num_threads(2)
+    a, b = rng.standard_normal((2, 2, 30, 7)), rng.standard_normal((2, 2, 30, 7))
+    out, total, l1 = kernels.add_and_sum(a, b)
+    np.testing.assert_array_equal(out, a + b)
+    np.testing.assert_allclose(total, (a + b).reshape(2, -1).sum(axis=1), rtol=1e-13)
+    np.testing.assert_allclose(l1, np.abs(a + b).reshape(2, -1).sum(axis=1), rtol=1e-13)
+    both = kernels.per_sample_sums(out)
+    np.testing.assert_array_equal(both[0], total)
+    np.testing.assert_array_equal(both[1], l1)
+    np.testing.assert_array_equal(both[1], kernels.per_sample_sum(out, absolute=True))

@@ -156,3 +156,13 @@ def test_astype_switches_dtype_without_touching_original(rng):
     assert m32.dtype == np.float32 and model.dtype == np.float64
     x = rng.standard_normal((1, 8, 8, 2))
     np.testing.assert_allclose(m32.forward(x.astype(np.float32)), model.forward(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_batchnorm_two_in_a_row_and_dense(rng):
+    """Two BatchNorms in a row both fold into the layer before them; a Dense takes one too."""
+    model = rr.Sequential([rr.Conv2D(rng.standard_normal((3, 3, 2, 4))), bn(rng, 4), bn(rng, 4), rr.ReLU(),
+                           rr.Flatten(), rr.Dense(rng.standard_normal((64, 3))), bn(rng, 3)])
+    folded = fold_batchnorm(model)
+    assert [layer.kind for layer in folded.iter_layers()] == ["conv2d", "relu", "flatten", "dense"]
+    x = rng.standard_normal((2, 6, 6, 2))
+    np.testing.assert_allclose(folded.forward(x), model.forward(x), rtol=1e-12, atol=1e-12)
