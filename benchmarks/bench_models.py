@@ -32,6 +32,15 @@ convolutions and dense layers, from the model's layer shapes); ``rlrp`` and
 adds the z+ forward of each convolution, ``3 F``; ``epsilon_gamma_box`` runs two
 modified forwards and two vjps per convolution, ``5 F``.
 
+The bound counts the FLOPs of a direct (im2col) convolution. In float32,
+rlrp_ref runs VGG's 3x3 convolutions by Winograd F(2x2, 3x3), which does 2.25x
+fewer multiply-adds, so a ratio to the bound can fall below 1.
+
+Our workers import ``rlrp_ref`` before NumPy (as ``import rlrp_ref`` in a
+user's script does), which sets ``OPENBLAS_THREAD_TIMEOUT=16`` unless it is set
+(see ``rlrp_ref/__init__.py``), and run the element-wise passes on as many
+threads as BLAS (``rlrp_ref.kernels.set_num_threads``).
+
 Writes a markdown table (times, ours/Zennit, ours/GEMM bound, peak RSS) and a
 JSON file with every measurement (``--out``). The BLAS in use (threadpoolctl)
 and the thread count are printed with it. Timings only: nothing is asserted.

@@ -25,9 +25,18 @@ copy of the windows. Its vjp is one GEMM too, by one of two routes:
   is taken when ``Cout <= Cin`` and the map has enough pixels to pay for that
   copy (:data:`GATHER_MIN_PIXELS_PER_FILTER`).
 
+In float32 (the fast mode) a 3x3 stride-1 convolution on a large enough map,
+and its vjp, run as **Winograd F(2x2, 3x3)** instead (:func:`winograd_conv`):
+16 GEMMs with 2.25x fewer multiply-adds than im2col, exact transforms, the same
+rounding as im2col up to a small factor (tests/test_kernels.py). float64, the
+reference mode, keeps im2col unless :func:`conv_algorithm` says otherwise.
+
 NumPy's element-wise work is single-threaded while BLAS uses every core, so
-both routes are chosen to keep the copies few: one large GEMM per layer, no
-per-offset products.
+the large element-wise passes (the im2col gather, the Winograd transforms,
+col2im, padding, ReLU, BatchNorm, the per-sample sums of the ledger) are split
+into bands on a small thread pool (:func:`parallel_rows`, :func:`elementwise`,
+:func:`channelwise`); NumPy releases the GIL inside each ufunc, and the bands
+write disjoint outputs, so the results are the same bits for any thread count.
 
 Backward maps accumulate over the ``kh * kw`` kernel offsets: a loop of at most
 a few dozen vectorized operations, never a loop over pixels, channels or batch
@@ -787,7 +796,14 @@ def maxpool_forward(x, pool, strides, pads):
     if blocks is not None:
         return blocks.max(axis=(2, 4))
     xp = pad_nhwc(x, pads, value=-np.inf)
-    return windows(xp, pool, strides).max(axis=(-2, -1))
+    (kh, kw) = pool
+    ho, wo = output_hw(xp.shape[1:3], pool, strides)
+    # one running maximum over the kh * kw window offsets (a reduction over a strided window view is several
+    # times slower: its innermost axis is the 3-wide window, not the channels)
+    out = np.array(xp[_offset_slice(0, 0, (ho, wo), strides)], order="C")
+    for k in range(1, kh * kw):
+        np.maximum(out, xp[_offset_slice(k // kw, k % kw, (ho, wo), strides)], out=out)
+    return out
 
 
 def _offset_slice(i, j, out_hw, strides):

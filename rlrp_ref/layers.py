@@ -142,6 +142,14 @@ class Layer:
         """The layer's output ``y = f(x)`` for an input batch ``x`` (the formula is in each class's docstring)."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
+    def forward_in_place(self, x):
+        """``forward(x)``, allowed to overwrite ``x`` (which the caller no longer needs) and return it.
+
+        Element-wise layers (ReLU, BatchNorm) do; every other layer returns
+        ``forward(x)``. ``Sequential.forward`` uses it on the outputs it made.
+        """
+        return self.forward(x)
+
     def vjp(self, x, grad):  # pragma: no cover - abstract
         """Vector-Jacobian product ``(df/dx)^T grad``: the gradient at the input ``x`` given ``grad`` at the output.
 
@@ -410,6 +418,13 @@ class ReLU(Layer):
             return np.maximum(x, 0)
         return kernels.elementwise(lambda out, v: np.maximum(v, 0, out=out), np.empty_like(x), x)
 
+    def forward_in_place(self, x):
+        """``max(x, 0)`` written into ``x`` itself (threaded) when it is a C-contiguous float array."""
+        x = self._check_input(x)
+        if not (x.flags.c_contiguous and x.flags.writeable):
+            return self.forward(x)
+        return kernels.elementwise(lambda out: np.maximum(out, 0, out=out), x)
+
     def vjp(self, x, grad):
         grad, x = np.asarray(grad), np.asarray(x)
         if not (grad.flags.c_contiguous and x.flags.c_contiguous and grad.shape == x.shape):
@@ -507,6 +522,13 @@ class BatchNorm(Layer):
         return scale, self.beta - self.moving_mean * scale
 
     def forward(self, x):
+        return self._affine(x, in_place=False)
+
+    def forward_in_place(self, x):
+        """``x * scale + shift`` written into ``x`` itself when it is C-contiguous and of the result's dtype."""
+        return self._affine(x, in_place=True)
+
+    def _affine(self, x, in_place: bool):
         x = self._check_input(x, channels=self.channels)
         scale, shift = self.scale_shift()
         dtype = np.result_type(x, scale)
@@ -517,7 +539,8 @@ class BatchNorm(Layer):
             np.multiply(v, sc, out=out)
             out += sh
 
-        return kernels.channelwise(affine, np.empty(x.shape, dtype=dtype), x, scale.astype(dtype), shift.astype(dtype), ops=2)
+        out = x if in_place and x.dtype == dtype and x.flags.writeable else np.empty(x.shape, dtype=dtype)
+        return kernels.channelwise(affine, out, x, scale.astype(dtype), shift.astype(dtype), ops=2)
 
     def vjp(self, x, grad):
         """``grad * gamma / sqrt(moving_variance + epsilon)``."""

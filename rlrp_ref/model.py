@@ -141,10 +141,19 @@ class Sequential(Container):
         return f"Sequential(name={self.name!r}, [\n{inner}\n])"
 
     def _run(self, x, record):
+        if record is None:
+            return self._forward(x)
         for layer in self.layers:
-            x = layer._trace_into(x, record) if record is not None else layer.forward(x)
-        if record is not None:
-            record[self.name] = x
+            x = layer._trace_into(x, record)
+        record[self.name] = x
+        return x
+
+    def _forward(self, x):
+        """``forward`` without a trace: a ReLU or BatchNorm overwrites an output this pass made and nobody else holds."""
+        first = x
+        for layer in self.layers:
+            owned = x is not first and not np.may_share_memory(x, first)
+            x = layer.forward_in_place(x) if owned else layer.forward(x)
         return x
 
     def inputs_from(self, record: Trace, x):

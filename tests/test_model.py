@@ -166,3 +166,18 @@ def test_fold_batchnorm_two_in_a_row_and_dense(rng):
     assert [layer.kind for layer in folded.iter_layers()] == ["conv2d", "relu", "flatten", "dense"]
     x = rng.standard_normal((2, 6, 6, 2))
     np.testing.assert_allclose(folded.forward(x), model.forward(x), rtol=1e-12, atol=1e-12)
+
+
+def test_forward_overwrites_only_its_own_outputs(rng):
+    """forward runs ReLU/BatchNorm in place on outputs it made, never on the caller's array or a view of it."""
+    first = rr.Sequential([rr.ReLU(), bn(rng, 3), rr.Flatten(), rr.ReLU(), rr.Dense(rng.standard_normal((48, 2)))])
+    block = rr.Residual(rr.Sequential([rr.ReLU(), bn(rng, 3), rr.Conv2D(rng.standard_normal((3, 3, 3, 3)), padding="same"),
+                                       bn(rng, 3), rr.ReLU()]), activation="relu")
+    cases = [(first, rng.standard_normal((2, 4, 4, 3))),
+             (rr.Sequential([block, rr.Flatten(), rr.Dense(rng.standard_normal((48, 2)))]), rng.standard_normal((2, 4, 4, 3))),
+             (small_resnet(rng), rng.standard_normal((2, 8, 8, 2)))]
+    for model, x in cases:
+        before = x.copy()
+        out = model.forward(x)
+        np.testing.assert_array_equal(x, before)
+        np.testing.assert_array_equal(out, model.trace(x).output)
