@@ -188,7 +188,7 @@ def set_num_threads(threads: int | None) -> None:
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"set_num_threads: expected a positive int or None, found {threads!r}")
     old = _pool_state["pool"]
-    _pool_state.update(threads=None if threads is None else int(threads), pool=None)
+    _pool_state.update(threads=None if threads is None else int(threads), pool=None, workers=None)
     if old is not None:
         old.shutdown(wait=True)
 
@@ -205,7 +205,7 @@ def num_threads() -> int:
 
 
 def _forget_pool_in_child():  # a forked child has none of the parent's threads
-    _pool_state["pool"] = None
+    _pool_state.update(pool=None, workers=None)
 
 
 if hasattr(os, "register_at_fork"):
@@ -224,8 +224,11 @@ def parallel_rows(fn, rows: int, work: int) -> None:
         fn(0, rows)
         return
     pool = _pool_state["pool"]
-    if pool is None or pool._max_workers != threads - 1:
+    if pool is None or _pool_state.get("workers") != threads - 1:
+        if pool is not None:
+            pool.shutdown(wait=False)
         pool = _pool_state["pool"] = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="rlrp_ref")
+        _pool_state["workers"] = threads - 1
     bounds = [rows * k // threads for k in range(threads + 1)]
     futures = [pool.submit(fn, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
     try:
@@ -238,7 +241,7 @@ def parallel_rows(fn, rows: int, work: int) -> None:
 def _per_sample_view(arr: np.ndarray, n: int, what: str) -> np.ndarray:
     """``arr`` as ``(N, L)`` without a copy (an ``(N,)`` or scalar value as ``(N, 1)``, broadcast whole)."""
     arr = np.asarray(arr)
-    if arr.size in (1, n) and arr.ndim <= 1 or arr.shape == (n,) + (1,) * (arr.ndim - 1):
+    if (arr.ndim <= 1 and arr.size in (1, n)) or arr.shape == (n,) + (1,) * (arr.ndim - 1):
         return np.broadcast_to(arr.reshape(-1, 1), (n, 1)) if arr.size == 1 else arr.reshape(n, 1)
     flat = arr.reshape(n, -1)
     if not np.shares_memory(flat, arr) and arr.size:
