@@ -238,15 +238,20 @@ def parallel_rows(fn, rows: int, work: int) -> None:
             future.result()
 
 
+def _view_2d(arr: np.ndarray, shape, what: str) -> np.ndarray:
+    """``arr.reshape(shape)``, which must be a view: the threaded passes write through it."""
+    flat = arr.reshape(shape)
+    if arr.size and not np.shares_memory(flat, arr):
+        raise ValueError(f"{what}: expected an array that reshapes to {shape} without a copy, found strides {arr.strides}")
+    return flat
+
+
 def _per_sample_view(arr: np.ndarray, n: int, what: str) -> np.ndarray:
     """``arr`` as ``(N, L)`` without a copy (an ``(N,)`` or scalar value as ``(N, 1)``, broadcast whole)."""
     arr = np.asarray(arr)
     if (arr.ndim <= 1 and arr.size in (1, n)) or arr.shape == (n,) + (1,) * (arr.ndim - 1):
         return np.broadcast_to(arr.reshape(-1, 1), (n, 1)) if arr.size == 1 else arr.reshape(n, 1)
-    flat = arr.reshape(n, -1)
-    if not np.shares_memory(flat, arr) and arr.size:
-        raise ValueError(f"{what}: expected arrays that reshape to (N, -1) without a copy, found strides {arr.strides}")
-    return flat
+    return _view_2d(arr, (n, -1), what)
 
 
 def elementwise(fn, out: np.ndarray, *operands, ops: int = 1) -> np.ndarray:
@@ -260,9 +265,7 @@ def elementwise(fn, out: np.ndarray, *operands, ops: int = 1) -> np.ndarray:
     :data:`PARALLEL_MIN_WORK`). Returns ``out``.
     """
     n = out.shape[0] if out.ndim else 1
-    flat_out = out.reshape(n, -1)
-    if out.size and not np.shares_memory(flat_out, out):
-        raise ValueError(f"elementwise: expected an output that reshapes to (N, -1) without a copy, found strides {out.strides}")
+    flat_out = _view_2d(out, (n, -1), "elementwise")
     flats = [(_per_sample_view(op, n, "elementwise"), np.size(op) == out.size and np.size(op) > n) for op in operands]
     length = flat_out.shape[1]
 
@@ -281,9 +284,7 @@ def channelwise(fn, out: np.ndarray, *operands, ops: int = 1) -> np.ndarray:
     BatchNorm scale) is passed whole; ``ops`` as for :func:`elementwise`. Returns ``out``.
     """
     channels = out.shape[-1] if out.ndim else 1
-    flat_out = out.reshape(-1, channels)
-    if out.size and not np.shares_memory(flat_out, out):
-        raise ValueError(f"channelwise: expected an output that reshapes to (-1, C) without a copy, found strides {out.strides}")
+    flat_out = _view_2d(out, (-1, channels), "channelwise")
     flats = []
     for op in operands:
         op = np.asarray(op)
@@ -354,11 +355,7 @@ def _block_sums(arr, other=None, op=None, out=None, want_sum=True, want_l1=True)
     n = arr.shape[0]
     flat = arr.reshape(n, -1)
     factor = None if other is None else np.asarray(other).reshape(n, -1)
-    target = None
-    if out is not None:
-        target = out.reshape(n, -1)
-        if out.size and not np.shares_memory(target, out):
-            raise ValueError(f"per-sample sums: expected an output that reshapes to (N, -1) without a copy, found strides {out.strides}")
+    target = None if out is None else _view_2d(out, (n, -1), "per-sample sums")
     dtype = np.result_type(flat, factor) if factor is not None else flat.dtype
     if dtype.kind != "f":
         dtype = np.dtype(np.float64)
@@ -547,12 +544,20 @@ WINOGRAD_MIN_GEMM = 1 << 24
 _WINOGRAD_FLIP = (3, 1, 2, 0)  # P: the tile position of each point after the 3 taps are reversed
 
 
-@contextlib.contextmanager
 def conv_algorithm(name: str):
-    """Run the block with :data:`CONV_ALGORITHM` set to ``name`` (``"auto"``, ``"winograd"`` or ``"im2col"``)."""
-    global CONV_ALGORITHM
+    """A context manager that runs its block with :data:`CONV_ALGORITHM` set to ``name``.
+
+    ``name`` is ``"auto"``, ``"winograd"`` or ``"im2col"``; anything else is a
+    ValueError right away, before the block.
+    """
     if name not in ("auto", "winograd", "im2col"):
         raise ValueError(f"conv_algorithm: expected 'auto', 'winograd' or 'im2col', found {name!r}")
+    return _conv_algorithm(name)
+
+
+@contextlib.contextmanager
+def _conv_algorithm(name: str):
+    global CONV_ALGORITHM
     previous, CONV_ALGORITHM = CONV_ALGORITHM, name
     try:
         yield
