@@ -622,6 +622,13 @@ def winograd_kernel(kernel: np.ndarray) -> np.ndarray:
 #: intermediate of their two passes (rows, then columns) holds about this many
 #: bytes and is read back from cache rather than memory (0: whole bands).
 WINOGRAD_CHUNK_BYTES = 1 << 21
+#: :func:`winograd_conv` takes the fused route when its transformed tiles
+#: (``16 * tiles * max(C, K)`` values) would hold at least this many bytes, and
+#: threadpoolctl is installed (the ``fast`` extra) to hold BLAS to one thread
+#: per band (0: never). Such layers move more memory than they multiply: at
+#: batch 1 on 2 cores, VGG16's 224x224x64 layer ran about 35% faster fused and
+#: the whole R-LRP explanation about 8%; the smaller layers gained nothing.
+WINOGRAD_FUSED_MIN_BYTES = 32 << 20
 
 
 def _chunk_rows(bytes_per_row: int, rows: int) -> int:
@@ -629,6 +636,77 @@ def _chunk_rows(bytes_per_row: int, rows: int) -> int:
     if WINOGRAD_CHUNK_BYTES <= 0:
         return rows
     return max(1, min(rows, WINOGRAD_CHUNK_BYTES // max(bytes_per_row, 1)))
+
+
+def _apply_bt(d, out):
+    """``out[a] = sum_k B^T[a, k] d[k]``: tile rows (or columns) 0..3 -> the 4 transformed ones."""
+    np.subtract(d[0], d[2], out=out[0])
+    np.add(d[1], d[2], out=out[1])
+    np.subtract(d[2], d[1], out=out[2])
+    np.subtract(d[1], d[3], out=out[3])
+
+
+def _input_tiles(xp, p0, p1, tw, rows, v):
+    """``B^T d B`` of tile rows ``p0..p1`` of ``xp`` into ``v`` ``(4, 4, N, p1 - p0, tw, C)``: rows, then columns.
+
+    ``rows`` is an intermediate of at least ``(4, N, p1 - p0, Wp, C)``.
+    """
+    r = rows[:, :, : p1 - p0]
+    _apply_bt([xp[:, 2 * p0 + k : 2 * p1 + k - 1 : 2] for k in range(4)], r)
+    for a in range(4):
+        _apply_bt([r[a][:, :, k : k + 2 * tw - 1 : 2] for k in range(4)], v[a])
+
+
+def _output_tiles(m, half_rows, y):
+    """``A^T m A`` of a band ``m`` ``(4, 4, N, rows, tw, K)`` into ``y`` ``(N, rows, 2, tw, 2, K)``: rows, then columns.
+
+    ``half_rows`` is an intermediate of at least ``(2, 4, N, rows, tw, K)``.
+    """
+    t = half_rows[:, :, :, : m.shape[3]]
+    np.add(m[0], m[1], out=t[0])
+    t[0] += m[2]
+    np.subtract(m[1], m[2], out=t[1])
+    t[1] -= m[3]
+    for a in range(2):
+        out = y[:, :, a]
+        np.add(t[a, 0], t[a, 1], out=out[:, :, :, 0])
+        out[:, :, :, 0] += t[a, 2]
+        np.subtract(t[a, 1], t[a, 2], out=out[:, :, :, 1])
+        out[:, :, :, 1] -= t[a, 3]
+
+
+def _tile_gemms(v, u, flip, m):
+    """The 16 GEMMs ``m[s] = v[s] @ U[s]`` (``v``: ``(16, tiles, C)``); flipped: the permuted position, transposed."""
+    for a in range(4):
+        for b in range(4):
+            s = 4 * a + b
+            if flip:
+                np.matmul(v[s], u[4 * _WINOGRAD_FLIP[a] + _WINOGRAD_FLIP[b]].T, out=m[s])
+            else:
+                np.matmul(v[s], u[s], out=m[s])
+
+
+_blas_state = {"controller": None, "known": False}
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the loaded BLAS libraries, or None when threadpoolctl is not installed."""
+    if not _blas_state["known"]:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            controller = None
+        else:
+            controller = ThreadpoolController().select(user_api="blas")
+        _blas_state.update(controller=controller, known=True)
+    return _blas_state["controller"]
+
+
+def winograd_fused_applies(n, th, tw, c, k_out, itemsize) -> bool:
+    """Whether :func:`winograd_conv` takes the fused route (see :data:`WINOGRAD_FUSED_MIN_BYTES`)."""
+    if WINOGRAD_FUSED_MIN_BYTES <= 0 or _blas_controller() is None:
+        return False
+    return 16 * n * th * tw * max(c, k_out) * itemsize >= WINOGRAD_FUSED_MIN_BYTES
 
 
 def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) -> np.ndarray:
@@ -639,6 +717,12 @@ def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) 
     ``bias``); with ``flip=True`` it is the correlation with that kernel flipped
     in space and its channel axes swapped (input ``K`` channels, output ``C``):
     the vjp of the convolution once the gradient is padded.
+
+    Two routes compute the same operations on each value: the **layered** one
+    transforms every tile, runs 16 GEMMs over all tiles (BLAS on every core)
+    and transforms back; the **fused** one (:func:`winograd_fused_applies`)
+    gives each thread a band of tile rows and runs all three steps a few tile
+    rows at a time, so that the transformed tiles never leave the cache.
     """
     n, hp, wp, c = xp.shape
     ho, wo = hp - 2, wp - 2
@@ -647,15 +731,22 @@ def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) 
         xp = pad_nhwc(xp, ((0, 2 * th + 2 - hp), (0, 2 * tw + 2 - wp)), slot="padded_odd")
     dtype = np.result_type(xp, u)
     k_out = u.shape[1] if flip else u.shape[2]
+    y = np.empty((n, th, 2, tw, 2, k_out), dtype=dtype)
+    if winograd_fused_applies(n, th, tw, c, k_out, dtype.itemsize):
+        _winograd_fused(xp, u, flip, bias, y)
+    else:
+        _winograd_layered(xp, u, flip, bias, y)
+    y = y.reshape(n, 2 * th, 2 * tw, k_out)
+    if 2 * th != ho or 2 * tw != wo:
+        y = np.ascontiguousarray(y[:, :ho, :wo])
+    return y
 
-    def apply_bt(d, out):  # out[a] = sum_k B^T[a, k] d[k]: tile rows (or columns) 0..3 -> 4 transformed ones
-        np.subtract(d[0], d[2], out=out[0])
-        np.add(d[1], d[2], out=out[1])
-        np.subtract(d[2], d[1], out=out[2])
-        np.subtract(d[1], d[3], out=out[3])
 
-    # input transform B^T d B, first along the tile rows, then along the tile columns, a few tile rows at a
-    # time so that the intermediate stays in cache (bands of tile rows on the element-wise threads)
+def _winograd_layered(xp, u, flip, bias, y):
+    """:func:`winograd_conv` one step at a time over all tiles: transforms on the element-wise threads, GEMMs on BLAS's."""
+    n, th, _, tw, _, k_out = y.shape
+    c, dtype = xp.shape[3], y.dtype
+    # input transform, a few tile rows at a time so that its intermediate stays in cache
     v = _scratch((4, 4, n, th, tw, c), dtype, "winograd_in")
     step_in = _chunk_rows(4 * n * xp.shape[2] * c * dtype.itemsize, th)
 
@@ -663,50 +754,56 @@ def winograd_conv(xp: np.ndarray, u: np.ndarray, flip: bool = False, bias=None) 
         rows = np.empty((4, n, min(step_in, hi - lo), xp.shape[2], c), dtype=dtype)
         for p0 in range(lo, hi, step_in):  # a loop over chunks of tile rows
             p1 = min(p0 + step_in, hi)
-            r = rows[:, :, : p1 - p0]
-            apply_bt([xp[:, 2 * p0 + k : 2 * p1 + k - 1 : 2] for k in range(4)], r)
-            for a in range(4):
-                apply_bt([r[a][:, :, k : k + 2 * tw - 1 : 2] for k in range(4)], v[a][:, :, p0:p1])
+            _input_tiles(xp, p0, p1, tw, rows, v[:, :, :, p0:p1])
 
     parallel_rows(input_transform, th, 3 * v.size // 2)
-    # 16 GEMMs, one per tile position s = 4a + b; the flipped kernel sits at the permuted position, transposed
-    v = v.reshape(16, n * th * tw, c)
     m = _scratch((16, n * th * tw, k_out), dtype, "winograd_out")
-    for a in range(4):
-        for b in range(4):
-            s = 4 * a + b
-            if flip:
-                np.matmul(v[s], u[4 * _WINOGRAD_FLIP[a] + _WINOGRAD_FLIP[b]].T, out=m[s])
-            else:
-                np.matmul(v[s], u[s], out=m[s])
+    _tile_gemms(v.reshape(16, n * th * tw, c), u, flip, m)
     m = m.reshape(4, 4, n, th, tw, k_out)
     if bias is not None:
         m[1, 1] += bias  # A^T e_1 = (1, 1): added once here, it reaches all four outputs of a tile
-    # output transform A^T m A: rows first, then columns, written into the interleaved output (in chunks)
-    y = np.empty((n, th, 2, tw, 2, k_out), dtype=dtype)
     step_out = _chunk_rows(8 * n * tw * k_out * dtype.itemsize, th)
 
     def output_transform(lo, hi):
         half_rows = np.empty((2, 4, n, min(step_out, hi - lo), tw, k_out), dtype=dtype)
         for p0 in range(lo, hi, step_out):  # a loop over chunks of tile rows
             p1 = min(p0 + step_out, hi)
-            band, t = m[:, :, :, p0:p1], half_rows[:, :, :, : p1 - p0]
-            np.add(band[0], band[1], out=t[0])
-            t[0] += band[2]
-            np.subtract(band[1], band[2], out=t[1])
-            t[1] -= band[3]
-            for a in range(2):
-                out = y[:, p0:p1, a]
-                np.add(t[a, 0], t[a, 1], out=out[:, :, :, 0])
-                out[:, :, :, 0] += t[a, 2]
-                np.subtract(t[a, 1], t[a, 2], out=out[:, :, :, 1])
-                out[:, :, :, 1] -= t[a, 3]
+            _output_tiles(m[:, :, :, p0:p1], half_rows, y[:, p0:p1])
 
     parallel_rows(output_transform, th, m.size)
-    y = y.reshape(n, 2 * th, 2 * tw, k_out)
-    if 2 * th != ho or 2 * tw != wo:
-        y = np.ascontiguousarray(y[:, :ho, :wo])
-    return y
+
+
+def _winograd_fused(xp, u, flip, bias, y):
+    """:func:`winograd_conv` band by band: each thread transforms, multiplies and transforms back its own tile rows.
+
+    Each band's GEMMs are small and run on its own thread, so BLAS is held to
+    one thread meanwhile (threadpoolctl) when there is more than one band:
+    two bands each asking BLAS for every core made it several times slower.
+    """
+    n, th, _, tw, _, k_out = y.shape
+    c, dtype = xp.shape[3], y.dtype
+    step = _chunk_rows(16 * n * tw * max(c, k_out) * dtype.itemsize, th)
+
+    def band(lo, hi):
+        rows = np.empty((4, n, min(step, hi - lo), xp.shape[2], c), dtype=dtype)
+        v = np.empty((16, n * min(step, hi - lo) * tw, c), dtype=dtype)
+        m = np.empty((16, n * min(step, hi - lo) * tw, k_out), dtype=dtype)
+        half_rows = np.empty((2, 4, n, min(step, hi - lo), tw, k_out), dtype=dtype)
+        for p0 in range(lo, hi, step):  # a loop over chunks of tile rows
+            p1 = min(p0 + step, hi)
+            tiles = n * (p1 - p0) * tw
+            _input_tiles(xp, p0, p1, tw, rows, v[:, :tiles].reshape(4, 4, n, p1 - p0, tw, c))
+            _tile_gemms(v[:, :tiles], u, flip, m[:, :tiles])
+            mc = m[:, :tiles].reshape(4, 4, n, p1 - p0, tw, k_out)
+            if bias is not None:
+                mc[1, 1] += bias
+            _output_tiles(mc, half_rows, y[:, p0:p1])
+
+    if min(num_threads(), th) > 1:
+        with _blas_controller().limit(limits=1):
+            parallel_rows(band, th, PARALLEL_MIN_WORK)
+    else:
+        band(0, th)
 
 
 # ---------------------------------------------------------------------------

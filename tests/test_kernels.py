@@ -137,10 +137,24 @@ def winograd():
         yield
 
 
+@pytest.fixture(params=["layered", "fused"])
+def winograd_route(request, monkeypatch):
+    """Force one of winograd_conv's two routes; the fused one in chunks of one tile row, on 2 threads."""
+    if request.param == "fused":
+        pytest.importorskip("threadpoolctl", reason="the fused Winograd route needs threadpoolctl (the 'fast' extra)")
+        monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", 1)
+        monkeypatch.setattr(kernels, "WINOGRAD_CHUNK_BYTES", 1)
+        kernels.set_num_threads(2)
+    else:
+        monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", 0)
+    yield request.param
+    kernels.set_num_threads(None)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("hw", [(6, 7), (5, 5), (9, 4)])
 @pytest.mark.parametrize("padding", ["valid", "same", ((2, 0), (1, 2)), ((0, 1), (2, 2)), ((3, 0), (0, 1))])
-def test_winograd_against_loops(rng, winograd, dtype, hw, padding):
+def test_winograd_against_loops(rng, winograd, winograd_route, dtype, hw, padding):
     x = rng.standard_normal((2,) + hw + (5,)).astype(dtype)
     k = rng.standard_normal((3, 3, 5, 4)).astype(dtype)
     b = rng.standard_normal(4).astype(dtype)
@@ -166,6 +180,46 @@ def test_winograd_rounding_is_that_of_the_direct_route(rng, winograd):
     fast = kernels.conv2d_forward(x, k, None, (1, 1), ((1, 1), (1, 1)))
     err_direct, err_fast = (np.abs(v - exact).max() / np.abs(exact).max() for v in (direct, fast))
     assert err_fast < 3 * err_direct + 1e-7, (err_fast, err_direct)
+
+
+def test_winograd_fused_route_is_the_layered_route(rng, winograd, monkeypatch):
+    """The fused route does the same operations on each value, in bands and chunks; BLAS's threads are restored."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="the fused Winograd route needs threadpoolctl")
+    x = rng.standard_normal((2, 23, 18, 20)).astype(np.float32)
+    k = rng.standard_normal((3, 3, 20, 12)).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    blas_threads = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    results = {}
+    for fused_min_bytes, chunk_bytes in ((0, 1 << 21), (1, 1), (1, 1 << 21)):
+        monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", fused_min_bytes)
+        monkeypatch.setattr(kernels, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
+        for threads in (1, 2):
+            kernels.set_num_threads(threads)
+            y = kernels.conv2d_forward(x, k, b, (1, 1), ((1, 1), (1, 1)))
+            dx = kernels.conv2d_vjp(y, k, x.shape, (1, 1), ((1, 1), (1, 1)))
+            results[fused_min_bytes, chunk_bytes, threads] = (y, dx)
+    kernels.set_num_threads(None)
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"] == blas_threads
+    want_y, want_dx = results[0, 1 << 21, 1]
+    np.testing.assert_allclose(want_y, conv2d(x.astype(np.float64), k.astype(np.float64), b.astype(np.float64),
+                                              (1, 1), "same"), rtol=1e-4, atol=1e-4)
+    for y, dx in results.values():
+        # the same operations on each value; only BLAS's blocking of a GEMM could differ with its row count
+        np.testing.assert_allclose(y, want_y, rtol=1e-6, atol=1e-6 * np.abs(want_y).max())
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6 * np.abs(want_dx).max())
+
+
+def test_winograd_fused_route_choice(monkeypatch):
+    # VGG16's 224x224x64 layer at batch 1: 16 x 112 x 112 x 64 float32 tiles, 51 MB; its 112x112x128 layers 26 MB
+    monkeypatch.setattr(kernels, "_blas_state", {"controller": None, "known": True})  # threadpoolctl missing
+    assert not kernels.winograd_fused_applies(1, 112, 112, 64, 64, 4)
+    pytest.importorskip("threadpoolctl", reason="the fused Winograd route needs threadpoolctl (the 'fast' extra)")
+    monkeypatch.setattr(kernels, "_blas_state", {"controller": None, "known": False})
+    assert kernels.winograd_fused_applies(1, 112, 112, 64, 64, 4)
+    assert not kernels.winograd_fused_applies(1, 56, 56, 128, 128, 4)
+    assert kernels.winograd_fused_applies(2, 56, 56, 128, 128, 4)
+    monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", 0)
+    assert not kernels.winograd_fused_applies(8, 112, 112, 64, 64, 4)
 
 
 def test_winograd_kernel_of_the_flipped_kernel_is_a_permutation(rng):
