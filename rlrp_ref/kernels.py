@@ -899,7 +899,17 @@ def maxpool_forward(x, pool, strides, pads):
     """``y[n,p,q,c] = max_{i,j} xp[n, p*sh+i, q*sw+j, c]``, padding with ``-inf``."""
     blocks = _blocked(x, pool, strides, pads)
     if blocks is not None:
-        return blocks.max(axis=(2, 4))
+        n, ho, kh, wo, kw, c = blocks.shape
+        out = np.empty((n, ho, wo, c), dtype=x.dtype)
+
+        def band(lo, hi):  # output rows lo..hi: a running maximum over the kh * kw offsets
+            part = blocks[:, lo:hi]
+            np.copyto(out[:, lo:hi], part[:, :, 0, :, 0])
+            for k in range(1, kh * kw):
+                np.maximum(out[:, lo:hi], part[:, :, k // kw, :, k % kw], out=out[:, lo:hi])
+
+        parallel_rows(band, ho, x.size)
+        return out
     xp = pad_nhwc(x, pads, value=-np.inf)
     (kh, kw) = pool
     ho, wo = output_hw(xp.shape[1:3], pool, strides)
@@ -953,6 +963,9 @@ def maxpool_winner(x, pool, strides, pads) -> np.ndarray:
 def maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
     """Route each output gradient to its window's winner (:func:`maxpool_winner`), one pass per window offset."""
     (kh, kw), (sh, sw) = pool, strides
+    blocks = _blocked(x, pool, strides, pads)
+    if blocks is not None:
+        return _blocked_maxpool_vjp(blocks, grad).reshape(x.shape)
     disjoint = sh >= kh and sw >= kw  # each input pixel is read by at most one window: write, do not add
     out = None
     for xp, k, index, hit in _first_max_masks(x, pool, strides, pads):
@@ -964,6 +977,46 @@ def maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
             out[index] += grad * hit
     out += 0  # a negative gradient times "not the winner" is -0.0: make it +0.0
     return np.ascontiguousarray(crop_nhwc(out, pads))
+
+
+#: :func:`maxpool_vjp` on tiled windows works on this many bytes of input at a time (per thread).
+MAXPOOL_CHUNK_BYTES = 1 << 20
+
+
+def _blocked_maxpool_vjp(blocks, grad) -> np.ndarray:
+    """:func:`maxpool_vjp` when the windows tile the input (``blocks``: ``(N, Ho, kh, Wo, kw, C)``).
+
+    One pass over memory: each thread takes a band of output rows and, a few
+    rows at a time (in cache), finds the windows' maxima, then each offset's
+    first-maximum mask, and writes ``grad`` or 0 at that offset.
+    """
+    n, ho, kh, wo, kw, c = blocks.shape
+    dtype = np.result_type(blocks, grad)
+    out = np.empty(blocks.shape, dtype=dtype)
+    step = max(1, MAXPOOL_CHUNK_BYTES // max(1, n * kh * wo * kw * c * blocks.dtype.itemsize))
+
+    def band(lo, hi):
+        best = np.empty((n, min(step, hi - lo), wo, c), dtype=blocks.dtype)
+        unclaimed = np.empty(best.shape, dtype=bool)
+        hit = np.empty(best.shape, dtype=bool)
+        for r0 in range(lo, hi, step):  # a loop over chunks of output rows
+            r1 = min(r0 + step, hi)
+            part, g, o = blocks[:, r0:r1], grad[:, r0:r1], out[:, r0:r1]
+            b, free, h = best[:, : r1 - r0], unclaimed[:, : r1 - r0], hit[:, : r1 - r0]
+            np.copyto(b, part[:, :, 0, :, 0])
+            for k in range(1, kh * kw):
+                np.maximum(b, part[:, :, k // kw, :, k % kw], out=b)
+            free.fill(True)
+            for k in range(kh * kw):  # the first offset (row-major) that holds the maximum wins
+                i, j = divmod(k, kw)
+                np.equal(part[:, :, i, :, j], b, out=h)
+                h &= free
+                free ^= h
+                np.multiply(g, h, out=o[:, :, i, :, j])
+            o += 0  # a negative gradient times "not the winner" is -0.0: make it +0.0
+
+    parallel_rows(band, ho, 4 * blocks.size)
+    return out
 
 
 def avgpool_counts(input_hw, pool, strides, pads, dtype) -> np.ndarray:

@@ -81,7 +81,7 @@ def pool(x, pool_size, strides, padding, mode):
                                 v = x[ni, r_, c_, ci]
                                 total += v
                                 count += 1
-                                if v > best:  # strict: ties keep the first in row-major order
+                                if best_pos is None or v > best:  # strict: ties keep the first in row-major order
                                     best, best_pos = v, (r_, c_)
                     if mode == "max":
                         y[ni, p, q, ci] = best

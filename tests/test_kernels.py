@@ -58,20 +58,33 @@ def test_float32_stays_float32(rng, route):
     assert y.dtype == np.float32 and layer.vjp(x, y).dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("mode", ["max", "avg"])
 @pytest.mark.parametrize("pool_size", [2, (2, 3), 3])
-def test_blocked_pooling_against_loops(rng, mode, pool_size):
-    x = rng.standard_normal((2, 6, 6, 3))
+def test_blocked_pooling_against_loops(rng, monkeypatch, dtype, threads, mode, pool_size):
+    # threads: bands of output rows, one row per chunk
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if threads > 1 else 1 << 20)
+    monkeypatch.setattr(kernels, "MAXPOOL_CHUNK_BYTES", 1)
+    kernels.set_num_threads(threads)
+    x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
     x[0, :2, :3, 0] = 1.5  # ties inside one window
     x[1, 3:, 3:, 2] = 0.0
+    x[1, :3, :3, 1] = -np.inf  # a window of -inf (after a -inf bias, say): its first pixel wins
     layer = (rr.MaxPool2D if mode == "max" else rr.AvgPool2D)(pool_size)
     assert kernels._blocked(x, layer.pool_size, layer.strides, layer.pads(x.shape[1:3])) is not None
+    if mode == "avg":
+        x[1, :3, :3, 1] = 0.25
     y = layer.forward(x)
-    want, _ = pool(x, layer.pool_size, layer.strides, "valid", mode)
-    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
-    g = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(layer.vjp(x, g), pool_vjp(x, g, layer.pool_size, layer.strides, "valid", mode),
-                               rtol=1e-12, atol=1e-12)
+    want, _ = pool(x.astype(np.float64), layer.pool_size, layer.strides, "valid", mode)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-6, atol=1e-6)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, want, **tol)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx = layer.vjp(x, g)
+    kernels.set_num_threads(None)
+    assert dx.dtype == dtype and dx.shape == x.shape and not np.signbit(dx[dx == 0]).any()  # +0.0, never -0.0
+    np.testing.assert_allclose(dx, pool_vjp(x, g, layer.pool_size, layer.strides, "valid", mode), **tol)
 
 
 def test_blocked_winner_matches_windowed_argmax(rng):
