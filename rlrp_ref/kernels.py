@@ -910,15 +910,31 @@ def maxpool_forward(x, pool, strides, pads):
 
         parallel_rows(band, ho, x.size)
         return out
-    xp = pad_nhwc(x, pads, value=-np.inf)
+    xp = pad_nhwc(x, pads, value=-np.inf, slot="padded")
     (kh, kw) = pool
     ho, wo = output_hw(xp.shape[1:3], pool, strides)
-    # one running maximum over the kh * kw window offsets (a reduction over a strided window view is several
-    # times slower: its innermost axis is the 3-wide window, not the channels)
-    out = np.array(xp[_offset_slice(0, 0, (ho, wo), strides)], order="C")
-    for k in range(1, kh * kw):
-        np.maximum(out, xp[_offset_slice(k // kw, k % kw, (ho, wo), strides)], out=out)
+    out = np.empty((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)
+
+    def band(lo, hi):
+        # one running maximum over the kh * kw window offsets, on output rows lo..hi (a reduction over a
+        # strided window view is several times slower: its innermost axis is the 3-wide window, not the channels)
+        rows = _offset_rows(lo, hi, wo, strides)
+        np.copyto(out[:, lo:hi], xp[rows(0, 0)])
+        for k in range(1, kh * kw):
+            np.maximum(out[:, lo:hi], xp[rows(k // kw, k % kw)], out=out[:, lo:hi])
+
+    parallel_rows(band, ho, kh * kw * out.size)
     return out
+
+
+def _offset_rows(lo, hi, wo, strides):
+    """``index(i, j)``: what :func:`_offset_slice` reads, for output rows ``lo..hi`` only."""
+    sh, sw = strides
+
+    def index(i, j):
+        return slice(None), slice(i + sh * lo, i + sh * (hi - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
+
+    return index
 
 
 def _offset_slice(i, j, out_hw, strides):

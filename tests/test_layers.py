@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rlrp_ref as rr
+from rlrp_ref import kernels
 from oracles import conv2d, conv2d_vjp, dense, numerical_vjp, pool, pool_vjp
 
 DTYPES = [np.float64, np.float32]
@@ -96,12 +97,21 @@ def test_conv2d_random_shapes(n, h, w, cin, cout, kh, kw, s, padding, seed):
 # --- pooling -----------------------------------------------------------------
 
 
+@pytest.fixture(params=[1, 2])
+def threads(request, monkeypatch):
+    """1 thread, or 2 with every pass split into bands of rows, however small."""
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if request.param > 1 else 1 << 20)
+    kernels.set_num_threads(request.param)
+    yield request.param
+    kernels.set_num_threads(None)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cls,mode", [(rr.MaxPool2D, "max"), (rr.AvgPool2D, "avg")])
 @pytest.mark.parametrize("padding", ["valid", "same", ((1, 0), (1, 1))])
 @pytest.mark.parametrize("pool_size,strides", [(2, None), (3, 2), ((2, 3), 1)])
 @pytest.mark.parametrize("hw", [(6, 6), (7, 5)])
-def test_pooling_against_loops(rng, dtype, cls, mode, padding, pool_size, strides, hw):
+def test_pooling_against_loops(rng, threads, dtype, cls, mode, padding, pool_size, strides, hw):
     x = _rand(rng, (2,) + hw + (3,), dtype)
     layer = cls(pool_size, strides, padding)
     ps = layer.pool_size
