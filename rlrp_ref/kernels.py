@@ -623,12 +623,17 @@ def winograd_kernel(kernel: np.ndarray) -> np.ndarray:
 #: bytes and is read back from cache rather than memory (0: whole bands).
 WINOGRAD_CHUNK_BYTES = 1 << 21
 #: :func:`winograd_conv` takes the fused route when its transformed tiles
-#: (``16 * tiles * max(C, K)`` values) would hold at least this many bytes, and
-#: threadpoolctl is installed (the ``fast`` extra) to hold BLAS to one thread
-#: per band (0: never). Such layers move more memory than they multiply: at
-#: batch 1 on 2 cores, VGG16's 224x224x64 layer ran about 35% faster fused and
-#: the whole R-LRP explanation about 8%; the smaller layers gained nothing.
+#: (``16 * tiles * max(C, K)`` values) would hold at least this many bytes (more
+#: than the caches), its GEMMs have at most :data:`WINOGRAD_FUSED_MAX_CHANNELS`
+#: channels on either side, and threadpoolctl is installed (the ``fast`` extra)
+#: to hold BLAS to one thread per band (0: never). Such layers move more memory
+#: than they multiply (a GEMM ``(tiles, C) @ (C, K)`` does about
+#: ``C K / (2 (C + K))`` flops per byte, 16-32 at 64-128 channels). Measured on 2
+#: cores, in-process A/B runs: whole VGG16 explanations ran about 8% faster at
+#: batch 1 (the 224x224x64 layer) and 15-20% faster at batch 8; taking the
+#: 256- and 512-channel layers too made batch 8 slower again.
 WINOGRAD_FUSED_MIN_BYTES = 32 << 20
+WINOGRAD_FUSED_MAX_CHANNELS = 128
 
 
 def _chunk_rows(bytes_per_row: int, rows: int) -> int:
@@ -704,7 +709,7 @@ def _blas_controller():
 
 def winograd_fused_applies(n, th, tw, c, k_out, itemsize) -> bool:
     """Whether :func:`winograd_conv` takes the fused route (see :data:`WINOGRAD_FUSED_MIN_BYTES`)."""
-    if WINOGRAD_FUSED_MIN_BYTES <= 0 or _blas_controller() is None:
+    if WINOGRAD_FUSED_MIN_BYTES <= 0 or max(c, k_out) > WINOGRAD_FUSED_MAX_CHANNELS or _blas_controller() is None:
         return False
     return 16 * n * th * tw * max(c, k_out) * itemsize >= WINOGRAD_FUSED_MIN_BYTES
 

@@ -231,6 +231,7 @@ def test_winograd_fused_route_choice(monkeypatch):
     assert kernels.winograd_fused_applies(1, 112, 112, 64, 64, 4)
     assert not kernels.winograd_fused_applies(1, 56, 56, 128, 128, 4)
     assert kernels.winograd_fused_applies(2, 56, 56, 128, 128, 4)
+    assert not kernels.winograd_fused_applies(8, 28, 28, 256, 256, 4)  # 103 MB, but GEMMs dense enough for BLAS
     monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", 0)
     assert not kernels.winograd_fused_applies(8, 112, 112, 64, 64, 4)
 
