@@ -38,8 +38,11 @@ fewer multiply-adds, so a ratio to the bound can fall below 1.
 
 Our workers import ``rlrp_ref`` before NumPy (as ``import rlrp_ref`` in a
 user's script does), which sets ``OPENBLAS_THREAD_TIMEOUT=16`` unless it is set
-(see ``rlrp_ref/__init__.py``), and run the element-wise passes on as many
-threads as BLAS (``rlrp_ref.kernels.set_num_threads``).
+(see ``rlrp_ref/__init__.py``) and lets glibc keep freed memory for reuse
+(``rlrp_ref.runtime``; ``RLRP_REF_KEEP_FREED_MEMORY=0`` turns it off), and run
+the element-wise passes on as many threads as BLAS
+(``rlrp_ref.kernels.set_num_threads``). Zennit's workers are this same script,
+so they run with the same process settings.
 
 Writes a markdown table (times, ours/Zennit, ours/GEMM bound, peak RSS) and a
 JSON file with every measurement (``--out``). The BLAS in use (threadpoolctl)
@@ -57,7 +60,7 @@ import sys
 import time
 from pathlib import Path
 
-import rlrp_ref  # noqa: F401  (before NumPy, as a user's "import rlrp_ref" would be: see rlrp_ref/__init__.py)
+import rlrp_ref  # (before NumPy, as a user's "import rlrp_ref" would be: see rlrp_ref/__init__.py)
 import numpy as np
 from memory import peak_mb, reset_peak  # benchmarks/memory.py
 
@@ -73,7 +76,7 @@ GEMM_SHAPES = ((12544, 1152, 128), (3136, 2304, 256), (784, 4608, 512), (196, 46
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 ENV_KNOBS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS",
-             "MKL_NUM_THREADS", "RLRP_REF_NUM_THREADS")
+             "MKL_NUM_THREADS", "RLRP_REF_NUM_THREADS", "RLRP_REF_KEEP_FREED_MEMORY") + rlrp_ref.runtime.MALLOC_ENV
 
 
 # ---------------------------------------------------------------------------
@@ -361,7 +364,8 @@ def main(argv=None) -> int:
     meta = {
         "machine": platform.machine(), "processor": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads,
         "python": platform.python_version(), "numpy": np.__version__, "blas": blas_info(),
-        "env": {k: os.environ.get(k) for k in ENV_KNOBS}, "variant": args.variant, "side": args.side,
+        "env": {k: os.environ.get(k) for k in ENV_KNOBS}, "keeps_freed_memory": rlrp_ref.runtime.KEPT_AT_IMPORT,
+        "variant": args.variant, "side": args.side,
         "repeats": args.repeats, "rounds": args.rounds, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(f"CPU: {meta['processor']} ({meta['cpus']} logical CPUs); threads: {args.threads}")
@@ -369,7 +373,8 @@ def main(argv=None) -> int:
         print(f"BLAS: {lib['internal_api']} {lib['version']} ({lib['prefix']}), kernel {lib['architecture']}, "
               f"{lib['num_threads']} threads, {lib['threading_layer']}")
     knobs = ", ".join(f"{k}={v}" for k, v in meta["env"].items() if v is not None)
-    print(f"env: {knobs or 'no BLAS thread or kernel variables set'}")
+    print(f"env: {knobs or 'no BLAS thread or kernel variables set'}; "
+          f"glibc keeps freed memory (rlrp_ref.runtime): {'yes' if meta['keeps_freed_memory'] else 'no'}")
     with_zennit = not args.no_zennit and zennit_available()
     if not args.no_zennit and not with_zennit:
         print("Zennit runs skipped: torch, torchvision or zennit is not installed (pip install rlrp-ref[crosscheck])")

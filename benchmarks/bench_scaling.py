@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from rlrp_ref import kernels, models
+    from rlrp_ref import kernels, models, runtime
 
     threadpool_limits(args.threads)
     kernels.set_num_threads(args.threads)  # the element-wise passes use as many threads as BLAS
@@ -130,7 +130,8 @@ def main(argv=None) -> int:
         print(f"BLAS: {lib['internal_api']} {lib['version']}, kernel {lib.get('architecture')}, {lib['num_threads']} threads")
     knobs = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")
                       if k in os.environ)
-    print(f"env: {knobs or 'OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE and OPENBLAS_THREAD_TIMEOUT not set'}")
+    print(f"env: {knobs or 'OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE and OPENBLAS_THREAD_TIMEOUT not set'}; "
+          f"glibc keeps freed memory (rlrp_ref.runtime): {'yes' if runtime.KEPT_AT_IMPORT else 'no'}")
     model = models.build(args.model, variant=args.variant, weights="random", dtype=args.dtype)
 
     reference = {"side": 224, "batch": 1}

@@ -13,6 +13,11 @@ if "numpy" not in _sys.modules:
     # OpenBLAS reads this once, when NumPy loads it; a value set by the user is kept. Results do not change.
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
+from . import runtime  # noqa: E402
+
+# glibc keeps freed memory for the next explanation instead of returning it to the OS (runtime.py says why)
+runtime._keep_freed_memory_at_import()
+
 from . import canonize, kernels, layers  # noqa: E402  (after the variable above)
 from .layers import (
     AvgPool2D,
@@ -39,6 +44,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AvgPool2D", "BatchNorm", "Conv2D", "Dense", "Flatten", "GlobalAvgPool2D", "Identity",
     "Layer", "MaxPool2D", "ReLU", "Residual", "Sequential", "Sigmoid", "Softplus", "Trace",
-    "ZeroPad2D", "canonize", "kernels", "layers",
+    "ZeroPad2D", "canonize", "kernels", "layers", "runtime",
     "Explanation", "Ledger", "LedgerRecord", "METHODS", "attribution", "composites", "explain", "rules",
 ]

@@ -385,3 +385,48 @@ def test_add_and_sum_and_per_sample_sums(rng, monkeypatch, threads_everywhere):
     np.testing.assert_array_equal(both[0], total)
     np.testing.assert_array_equal(both[1], l1)
     np.testing.assert_array_equal(both[1], kernels.per_sample_sum(out, absolute=True))
+
+
+# --- glibc's freed memory (rlrp_ref.runtime) ------------------------------------
+
+_RSS_PROBE = """
+import {imports}
+import numpy as np
+
+def rss():
+    return int([line for line in open("/proc/self/status") if line.startswith("VmRSS")][0].split()[1]) // 1024
+
+del [np.ones(1 << 20) for _ in range(2)][:]  # one 8 MB block freed: glibc's own threshold rises to it
+blocks = [np.ones(1 << 20) for _ in range(40)]  # 320 MB in 8 MB blocks
+full = rss()
+del blocks
+kept = full - rss()
+print(rlrp_ref.runtime.KEPT_AT_IMPORT, kept, full - rss() if rlrp_ref.runtime.release_memory() else kept)
+"""
+
+
+def _probe(**env_extra):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in rr.runtime.MALLOC_ENV and k != "RLRP_REF_KEEP_FREED_MEMORY"}
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE.format(imports="rlrp_ref")], env={**env, **env_extra},
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out[0] == "True", int(out[1]), int(out[2])
+
+
+def test_freed_memory_is_kept_for_reuse_then_released():
+    """With glibc, import rlrp_ref keeps freed blocks (no fresh pages next time) unless told not to; release_memory frees them."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        assert rr.runtime.keep_freed_memory() is False and rr.runtime.release_memory() is False
+        return
+    kept, released_at_free, released_after_trim = _probe()
+    assert kept and released_at_free < 40 and released_after_trim > 250, (released_at_free, released_after_trim)
+    for opt_out in ({"RLRP_REF_KEEP_FREED_MEMORY": "0"}, {"MALLOC_TOP_PAD_": "131072"}):
+        kept, released_at_free, _ = _probe(**opt_out)
+        assert not kept and released_at_free > 250, (opt_out, released_at_free)
+    with pytest.raises(ValueError, match="expected an int number of bytes"):
+        rr.runtime.keep_freed_memory(2**31)
