@@ -28,8 +28,10 @@ copy of the windows. Its vjp is one GEMM too, by one of two routes:
 In float32 (the fast mode) a 3x3 stride-1 convolution on a large enough map,
 and its vjp, run as **Winograd F(2x2, 3x3)** instead (:func:`winograd_conv`):
 16 GEMMs with 2.25x fewer multiply-adds than im2col, exact transforms, the same
-rounding as im2col up to a small factor (tests/test_kernels.py). float64, the
-reference mode, keeps im2col unless :func:`conv_algorithm` says otherwise.
+rounding as im2col up to a small factor (tests/test_kernels.py). On large maps
+with few channels it runs fused, band by band in cache (with threadpoolctl).
+float64, the reference mode, keeps im2col unless :func:`conv_algorithm` says
+otherwise.
 
 NumPy's element-wise work is single-threaded while BLAS uses every core, so
 the large element-wise passes (the im2col gather, the Winograd transforms,
@@ -784,6 +786,8 @@ def _winograd_fused(xp, u, flip, bias, y):
     Each band's GEMMs are small and run on its own thread, so BLAS is held to
     one thread meanwhile (threadpoolctl) when there is more than one band:
     two bands each asking BLAS for every core made it several times slower.
+    That limit is process-wide for its duration: a GEMM another thread of the
+    program runs meanwhile gets one BLAS thread too (slower, never different).
     """
     n, th, _, tw, _, k_out = y.shape
     c, dtype = xp.shape[3], y.dtype

@@ -524,23 +524,30 @@ class BatchNorm(Layer):
     def forward(self, x):
         return self._affine(x, in_place=False)
 
-    def forward_in_place(self, x):
-        """``x * scale + shift`` written into ``x`` itself when it is C-contiguous and of the result's dtype."""
-        return self._affine(x, in_place=True)
+    def forward_in_place(self, x, relu: bool = False):
+        """``x * scale + shift`` written into ``x`` itself when it is C-contiguous and of the result's dtype.
 
-    def _affine(self, x, in_place: bool):
+        ``relu=True`` also applies the ReLU that follows, in the same pass
+        (``Sequential.forward`` does this for a BatchNorm followed by a ReLU).
+        """
+        return self._affine(x, in_place=True, relu=relu)
+
+    def _affine(self, x, in_place: bool, relu: bool = False):
         x = self._check_input(x, channels=self.channels)
         scale, shift = self.scale_shift()
         dtype = np.result_type(x, scale)
         if not x.flags.c_contiguous:
-            return (x * scale + shift).astype(dtype, copy=False)
+            y = (x * scale + shift).astype(dtype, copy=False)
+            return np.maximum(y, 0, out=y) if relu else y
 
-        def affine(out, v, sc, sh):  # one pass: the product, then the shift in place
+        def affine(out, v, sc, sh):  # one pass: the product, then the shift (and the ReLU) in place
             np.multiply(v, sc, out=out)
             out += sh
+            if relu:
+                np.maximum(out, 0, out=out)
 
         out = x if in_place and x.dtype == dtype and x.flags.writeable else np.empty(x.shape, dtype=dtype)
-        return kernels.channelwise(affine, out, x, scale.astype(dtype), shift.astype(dtype), ops=2)
+        return kernels.channelwise(affine, out, x, scale.astype(dtype), shift.astype(dtype), ops=2 + relu)
 
     def vjp(self, x, grad):
         """``grad * gamma / sqrt(moving_variance + epsilon)``."""

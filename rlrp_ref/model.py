@@ -13,7 +13,8 @@ import copy
 import numpy as np
 
 from . import kernels
-from .layers import Layer, ReLU
+from .layers import BatchNorm, Layer, ReLU
+
 
 
 class Trace(dict):
@@ -149,11 +150,24 @@ class Sequential(Container):
         return x
 
     def _forward(self, x):
-        """``forward`` without a trace: a ReLU or BatchNorm overwrites an output this pass made and nobody else holds."""
+        """``forward`` without a trace: a ReLU or BatchNorm overwrites an output this pass made and nobody else holds.
+
+        A BatchNorm followed by a ReLU then runs as one pass (nothing reads the
+        BatchNorm's output but the ReLU).
+        """
         first = x
-        for layer in self.layers:
+        layers = self.layers
+        index = 0
+        while index < len(layers):
+            layer = layers[index]
             owned = x is not first and not np.may_share_memory(x, first)
+            if (owned and isinstance(layer, BatchNorm) and index + 1 < len(layers)
+                    and type(layers[index + 1]) is ReLU):
+                x = layer.forward_in_place(x, relu=True)
+                index += 2
+                continue
             x = layer.forward_in_place(x) if owned else layer.forward(x)
+            index += 1
         return x
 
     def inputs_from(self, record: Trace, x):
@@ -215,8 +229,10 @@ class Residual(Container):
                 np.maximum(out, 0, out=out)
 
         dtype = np.result_type(s, f)
+        # forward only: the branch's output is this pass's own array, written over with y
+        own = record is None and f is not u and not np.may_share_memory(f, u) and f.dtype == dtype and f.flags.writeable
         if s.flags.c_contiguous and f.flags.c_contiguous:
-            y = kernels.elementwise(add, np.empty(s.shape, dtype=dtype), s, f, ops=1 + relu)
+            y = kernels.elementwise(add, f if own else np.empty(s.shape, dtype=dtype), s, f, ops=1 + relu)
         else:
             y = np.empty(s.shape, dtype=dtype)
             add(y, s, f)

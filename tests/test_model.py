@@ -175,7 +175,13 @@ def test_forward_overwrites_only_its_own_outputs(rng):
                                        bn(rng, 3), rr.ReLU()]), activation="relu")
     cases = [(first, rng.standard_normal((2, 4, 4, 3))),
              (rr.Sequential([block, rr.Flatten(), rr.Dense(rng.standard_normal((48, 2)))]), rng.standard_normal((2, 4, 4, 3))),
-             (small_resnet(rng), rng.standard_normal((2, 8, 8, 2)))]
+             (small_resnet(rng), rng.standard_normal((2, 8, 8, 2))),
+             # a BatchNorm then a ReLU: one pass on an output of the forward, two on the caller's array
+             (rr.Sequential([rr.Conv2D(rng.standard_normal((3, 3, 3, 3)), padding="same"), bn(rng, 3), rr.ReLU(),
+                             bn(rng, 3), rr.ReLU(), rr.Flatten()]), rng.standard_normal((2, 4, 4, 3))),
+             (rr.Sequential([bn(rng, 3), rr.ReLU(), rr.Flatten()]), rng.standard_normal((2, 4, 4, 3))),
+             # a residual block whose branch ends on the caller's array (an identity branch): y is a new array
+             (rr.Sequential([rr.Residual(rr.Identity(), activation="relu"), rr.Flatten()]), rng.standard_normal((2, 4, 4, 3)))]
     for model, x in cases:
         before = x.copy()
         out = model.forward(x)
