@@ -991,21 +991,56 @@ def maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
     blocks = _blocked(x, pool, strides, pads)
     if blocks is not None:
         return _blocked_maxpool_vjp(blocks, grad).reshape(x.shape)
-    disjoint = sh >= kh and sw >= kw  # each input pixel is read by at most one window: write, do not add
-    out = None
-    for xp, k, index, hit in _first_max_masks(x, pool, strides, pads):
-        if out is None:
-            out = np.zeros(xp.shape, dtype=np.result_type(x, grad))
-        if disjoint:
-            np.multiply(grad, hit, out=out[index])
-        else:
-            out[index] += grad * hit
-    out += 0  # a negative gradient times "not the winner" is -0.0: make it +0.0
-    return np.ascontiguousarray(crop_nhwc(out, pads))
+    return _windowed_maxpool_vjp(x, grad, pool, strides, pads)
 
 
-#: :func:`maxpool_vjp` on tiled windows works on this many bytes of input at a time (per thread).
+#: :func:`maxpool_vjp` works on this many bytes of input at a time (per thread).
 MAXPOOL_CHUNK_BYTES = 1 << 20
+
+
+def _windowed_maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
+    """:func:`maxpool_vjp` for any windows (overlapping, padded): chunks of output rows, each in cache, threaded.
+
+    Each chunk finds its windows' maxima, then each window offset's
+    first-maximum mask, and adds ``grad`` there into the padded gradient
+    (zeros: ``0 + (-0.0)`` is ``+0.0``). Windows of neighbouring output rows
+    share input rows when ``kh > sh``, so the chunks run in two phases, the
+    even ones and then the odd ones, each chunk at least ``kh / sh`` rows
+    long: no two chunks running at once write the same input row. The chunks
+    do not depend on the thread count, nor do the results.
+    """
+    (kh, kw), (sh, sw) = pool, strides
+    xp = pad_nhwc(x, pads, value=-np.inf, slot="padded")
+    n, hp, wp, c = xp.shape
+    ho, wo = output_hw((hp, wp), pool, strides)
+    dtype = np.result_type(x, grad)
+    out = np.zeros(xp.shape, dtype=dtype)
+    step = max(-(-kh // sh), MAXPOOL_CHUNK_BYTES // max(1, n * sh * wp * c * xp.dtype.itemsize))
+    chunks = -(-ho // step)
+
+    def run(lo, hi, parity):  # chunks lo..hi of one parity
+        best = np.empty((n, min(step, ho), wo, c), dtype=xp.dtype)
+        unclaimed, hit = np.empty(best.shape, dtype=bool), np.empty(best.shape, dtype=bool)
+        share = np.empty(best.shape, dtype=dtype)
+        for chunk in range(lo + (lo + parity) % 2, hi, 2):  # a loop over chunks of output rows
+            r0, r1 = chunk * step, min((chunk + 1) * step, ho)
+            rows = _offset_rows(r0, r1, wo, strides)
+            b, free, h, t = best[:, : r1 - r0], unclaimed[:, : r1 - r0], hit[:, : r1 - r0], share[:, : r1 - r0]
+            np.copyto(b, xp[rows(0, 0)])
+            for k in range(1, kh * kw):
+                np.maximum(b, xp[rows(k // kw, k % kw)], out=b)
+            free.fill(True)
+            for k in range(kh * kw):  # the first offset (row-major) that holds the maximum wins
+                index = rows(k // kw, k % kw)
+                np.equal(xp[index], b, out=h)
+                h &= free
+                free ^= h
+                np.multiply(grad[:, r0:r1], h, out=t)
+                out[index] += t
+
+    for parity in (0, 1):
+        parallel_rows(lambda lo, hi: run(lo, hi, parity), chunks, 2 * kh * kw * grad.size)
+    return np.ascontiguousarray(crop_nhwc(out, pads))
 
 
 def _blocked_maxpool_vjp(blocks, grad) -> np.ndarray:
