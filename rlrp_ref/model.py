@@ -16,7 +16,6 @@ from . import kernels
 from .layers import BatchNorm, Layer, ReLU
 
 
-
 class Trace(dict):
     """Every activation of one forward pass: ``{layer name: output}`` in execution order.
 
