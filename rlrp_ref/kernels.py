@@ -906,19 +906,6 @@ def scatter_windows(values_per_offset, padded_shape, kernel_hw, strides, dtype) 
 
 def maxpool_forward(x, pool, strides, pads):
     """``y[n,p,q,c] = max_{i,j} xp[n, p*sh+i, q*sw+j, c]``, padding with ``-inf``."""
-    blocks = _blocked(x, pool, strides, pads)
-    if blocks is not None:
-        n, ho, kh, wo, kw, c = blocks.shape
-        out = np.empty((n, ho, wo, c), dtype=x.dtype)
-
-        def band(lo, hi):  # output rows lo..hi: a running maximum over the kh * kw offsets
-            part = blocks[:, lo:hi]
-            np.copyto(out[:, lo:hi], part[:, :, 0, :, 0])
-            for k in range(1, kh * kw):
-                np.maximum(out[:, lo:hi], part[:, :, k // kw, :, k % kw], out=out[:, lo:hi])
-
-        parallel_rows(band, ho, x.size)
-        return out
     xp = pad_nhwc(x, pads, value=-np.inf, slot="padded")
     (kh, kw) = pool
     ho, wo = output_hw(xp.shape[1:3], pool, strides)
@@ -985,44 +972,44 @@ def maxpool_winner(x, pool, strides, pads) -> np.ndarray:
     return winner
 
 
-def maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
-    """Route each output gradient to its window's winner (:func:`maxpool_winner`), one pass per window offset."""
-    (kh, kw), (sh, sw) = pool, strides
-    blocks = _blocked(x, pool, strides, pads)
-    if blocks is not None:
-        return _blocked_maxpool_vjp(blocks, grad).reshape(x.shape)
-    return _windowed_maxpool_vjp(x, grad, pool, strides, pads)
-
-
 #: :func:`maxpool_vjp` works on this many bytes of input at a time (per thread).
 MAXPOOL_CHUNK_BYTES = 1 << 20
 
 
-def _windowed_maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
-    """:func:`maxpool_vjp` for any windows (overlapping, padded): chunks of output rows, each in cache, threaded.
+def maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
+    """Route each output gradient to its window's winner (:func:`maxpool_winner`): chunks of output rows, threaded.
 
     Each chunk finds its windows' maxima, then each window offset's
-    first-maximum mask, and adds ``grad`` there into the padded gradient
-    (zeros: ``0 + (-0.0)`` is ``+0.0``). Windows of neighbouring output rows
-    share input rows when ``kh > sh``, so the chunks run in two phases, the
-    even ones and then the odd ones, each chunk at least ``kh / sh`` rows
-    long: no two chunks running at once write the same input row. The chunks
-    do not depend on the thread count, nor do the results.
+    first-maximum mask, and puts ``grad`` there (ties: the first offset in
+    row-major order).
+
+    - Where the windows tile the input exactly (VGG's 2x2/2), each input pixel
+      belongs to one window: the masked gradient is written in place, then
+      ``+ 0`` turns ``-0.0`` into ``+0.0``; all chunks run at once.
+    - Otherwise it is added into a zeroed padded gradient (``0 + (-0.0)`` is
+      ``+0.0``). Windows of neighbouring output rows share input rows when
+      ``kh > sh``, so the chunks run in two phases, the even ones and then the
+      odd ones, each chunk at least ``kh / sh`` rows long: no two chunks
+      running at once write the same input row.
+
+    The chunks do not depend on the thread count, nor do the results.
     """
     (kh, kw), (sh, sw) = pool, strides
+    tiled = _blocked(x, pool, strides, pads) is not None
     xp = pad_nhwc(x, pads, value=-np.inf, slot="padded")
     n, hp, wp, c = xp.shape
     ho, wo = output_hw((hp, wp), pool, strides)
     dtype = np.result_type(x, grad)
-    out = np.zeros(xp.shape, dtype=dtype)
+    out = np.empty(xp.shape, dtype=dtype) if tiled else np.zeros(xp.shape, dtype=dtype)
     step = max(-(-kh // sh), MAXPOOL_CHUNK_BYTES // max(1, n * sh * wp * c * xp.dtype.itemsize))
     chunks = -(-ho // step)
 
-    def run(lo, hi, parity):  # chunks lo..hi of one parity
+    def run(lo, hi, parity):  # chunks lo..hi (of one parity, unless the windows tile the input)
         best = np.empty((n, min(step, ho), wo, c), dtype=xp.dtype)
         unclaimed, hit = np.empty(best.shape, dtype=bool), np.empty(best.shape, dtype=bool)
         share = np.empty(best.shape, dtype=dtype)
-        for chunk in range(lo + (lo + parity) % 2, hi, 2):  # a loop over chunks of output rows
+        chunk_range = range(lo, hi) if tiled else range(lo + (lo + parity) % 2, hi, 2)
+        for chunk in chunk_range:  # a loop over chunks of output rows
             r0, r1 = chunk * step, min((chunk + 1) * step, ho)
             rows = _offset_rows(r0, r1, wo, strides)
             b, free, h, t = best[:, : r1 - r0], unclaimed[:, : r1 - r0], hit[:, : r1 - r0], share[:, : r1 - r0]
@@ -1035,48 +1022,18 @@ def _windowed_maxpool_vjp(x, grad, pool, strides, pads) -> np.ndarray:
                 np.equal(xp[index], b, out=h)
                 h &= free
                 free ^= h
-                np.multiply(grad[:, r0:r1], h, out=t)
-                out[index] += t
+                if tiled:
+                    np.multiply(grad[:, r0:r1], h, out=out[index])
+                else:
+                    np.multiply(grad[:, r0:r1], h, out=t)
+                    out[index] += t
+            if tiled:
+                written = out[:, sh * r0 : sh * r1]  # this chunk's input rows, each written once
+                written += 0
 
-    for parity in (0, 1):
+    for parity in (None,) if tiled else (0, 1):
         parallel_rows(lambda lo, hi: run(lo, hi, parity), chunks, 2 * kh * kw * grad.size)
-    return np.ascontiguousarray(crop_nhwc(out, pads))
-
-
-def _blocked_maxpool_vjp(blocks, grad) -> np.ndarray:
-    """:func:`maxpool_vjp` when the windows tile the input (``blocks``: ``(N, Ho, kh, Wo, kw, C)``).
-
-    One pass over memory: each thread takes a band of output rows and, a few
-    rows at a time (in cache), finds the windows' maxima, then each offset's
-    first-maximum mask, and writes ``grad`` or 0 at that offset.
-    """
-    n, ho, kh, wo, kw, c = blocks.shape
-    dtype = np.result_type(blocks, grad)
-    out = np.empty(blocks.shape, dtype=dtype)
-    step = max(1, MAXPOOL_CHUNK_BYTES // max(1, n * kh * wo * kw * c * blocks.dtype.itemsize))
-
-    def band(lo, hi):
-        best = np.empty((n, min(step, hi - lo), wo, c), dtype=blocks.dtype)
-        unclaimed = np.empty(best.shape, dtype=bool)
-        hit = np.empty(best.shape, dtype=bool)
-        for r0 in range(lo, hi, step):  # a loop over chunks of output rows
-            r1 = min(r0 + step, hi)
-            part, g, o = blocks[:, r0:r1], grad[:, r0:r1], out[:, r0:r1]
-            b, free, h = best[:, : r1 - r0], unclaimed[:, : r1 - r0], hit[:, : r1 - r0]
-            np.copyto(b, part[:, :, 0, :, 0])
-            for k in range(1, kh * kw):
-                np.maximum(b, part[:, :, k // kw, :, k % kw], out=b)
-            free.fill(True)
-            for k in range(kh * kw):  # the first offset (row-major) that holds the maximum wins
-                i, j = divmod(k, kw)
-                np.equal(part[:, :, i, :, j], b, out=h)
-                h &= free
-                free ^= h
-                np.multiply(g, h, out=o[:, :, i, :, j])
-            o += 0  # a negative gradient times "not the winner" is -0.0: make it +0.0
-
-    parallel_rows(band, ho, 4 * blocks.size)
-    return out
+    return out if tiled else np.ascontiguousarray(crop_nhwc(out, pads))
 
 
 def avgpool_counts(input_hw, pool, strides, pads, dtype) -> np.ndarray:
