@@ -52,8 +52,10 @@ matches them to 1e-12 in float64 once both are accounted for):
   from Zennit by up to about 1e-5 relative; keeping it as ``AvgPool2D(1)``
   reproduces Zennit.
 
-``rlrp`` applies R-LRP to every linear map (Dense, Conv2D, both poolings, a
-leftover BatchNorm), passes element-wise layers, and uses R-LRP's residual rule.
+``rlrp`` starts from ``|f_c| e_c``, applies R-LRP to every linear map (Dense,
+Conv2D, average pooling, a leftover BatchNorm), routes max pooling as a selection
+(to the winner, then the rescale), passes element-wise layers, and uses R-LRP's
+residual rule.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ from .rules import (
     Reshape,
     ResidualRule,
     RLRPResidual,
+    RLRPSelect,
     Rule,
+    SELECTIONS,
     WSquare,
     ZBox,
     ZENNIT_STABILIZER,
@@ -86,11 +90,20 @@ class Composite:
     """A rule for each layer: ``layer_map`` and ``first_map`` are lists of ``(layer types, rule)``.
 
     Element-wise layers (``layer.elementwise``) get ``elementwise_rule`` unless a
-    map names their type first.
+    map names their type first. ``start`` is the output relevance for a class
+    target ``c``: ``"logit"`` (``f_c(x) e_c``, the classical rules, as Zennit
+    users start) or ``"abs_logit"`` (``|f_c(x)| e_c``, R-LRP: it does not divide
+    by ``z_c``, so a signed start would multiply the sign in twice;
+    docs/spec.md, "Start").
     """
 
+    STARTS = ("logit", "abs_logit")
+
     def __init__(self, name: str, layer_map, first_map=(), residual: ResidualRule | None = None,
-                 elementwise_rule: Rule | None = None):
+                 elementwise_rule: Rule | None = None, start: str = "logit"):
+        if start not in self.STARTS:
+            raise ValueError(f"composite '{name}': start expected one of {self.STARTS}, found {start!r}")
+        self.start = start
         self.name = name
         self.layer_map = list(layer_map)
         self.first_map = list(first_map)
@@ -138,9 +151,9 @@ def _classical(name, conv_rule, dense_rule, first_map=(), stabilizer=ZENNIT_STAB
 
 
 def rlrp() -> Composite:
-    """R-LRP everywhere (RLRP_SPEC.md). Takes no parameter."""
-    layer_map = [(LINEAR_MAPS, RLRP()), ((Flatten, ZeroPad2D), Reshape())]
-    return Composite("rlrp", layer_map, residual=RLRPResidual())
+    """R-LRP everywhere (docs/spec.md): start ``|f_c| e_c``, linear maps, max pooling as a selection. No parameter."""
+    layer_map = [(LINEAR_MAPS, RLRP()), (SELECTIONS, RLRPSelect()), ((Flatten, ZeroPad2D), Reshape())]
+    return Composite("rlrp", layer_map, residual=RLRPResidual(), start="abs_logit")
 
 
 def single_rule(name: str, rule: Rule, stabilizer: float = ZENNIT_STABILIZER) -> Composite:

@@ -8,10 +8,12 @@ only route relevance: a Sequential walks its children in reverse, a Residual
 splits ``R_y`` between skip and branch, walks both paths down to its input
 ``u`` and merges them (:class:`rlrp_ref.rules.ResidualRule`).
 
-Output relevance (RLRP_SPEC.md, "Start"): for a class target ``c`` the relevance
-methods start from ``R^(L) = f_c(x) e_c`` (the logit, zero elsewhere; softmax is
-never explained) and the gradient methods from ``e_c``. An explicit float array
-of the logits' shape is used as it is, by every method.
+Output relevance (docs/spec.md, "Start"): for a class target ``c``, R-LRP starts
+from ``R^(L) = |f_c(x)| e_c`` (the logit's magnitude; R-LRP does not divide by
+``z_c``, so the first step already carries the sign of the contributions), the
+classical rules from ``f_c(x) e_c`` (zero elsewhere; softmax is never explained)
+and the gradient methods from ``e_c``. An explicit float array of the logits'
+shape is used as it is, by every method.
 """
 
 from __future__ import annotations
@@ -115,8 +117,13 @@ def _class_targets(target, logits) -> np.ndarray:
     return t.astype(np.intp)
 
 
-def _start(target, logits, scale_by_logit: bool):
-    """``(output relevance, class per sample or None)``."""
+def _start(target, logits, start: str):
+    """``(output relevance, class per sample or None)``.
+
+    ``start``: ``"logit"`` puts ``f_c`` at class ``c``, ``"abs_logit"`` ``|f_c|``
+    (R-LRP), ``"onehot"`` ``1`` (the gradient methods); an explicit float output
+    relevance is returned as it is.
+    """
     n, classes = logits.shape
     if target is None:
         t = logits.argmax(axis=1)
@@ -133,10 +140,14 @@ def _start(target, logits, scale_by_logit: bool):
         if arr.dtype.kind not in "iu":
             raise ValueError(f"target: expected ints or a float output relevance, found dtype {arr.dtype}")
         t = _class_targets(arr, logits)
-    start = np.zeros_like(logits)
+    seed = np.zeros_like(logits)
     rows = np.arange(n)
-    start[rows, t] = logits[rows, t] if scale_by_logit else 1
-    return start, t
+    if start == "onehot":
+        seed[rows, t] = 1
+    else:
+        chosen = logits[rows, t]
+        seed[rows, t] = np.abs(chosen) if start == "abs_logit" else chosen
+    return seed, t
 
 
 # ---------------------------------------------------------------------------
@@ -268,7 +279,7 @@ def _explain(model, x, target, method_name, composite, gradient_fn, keep_layers,
     if logits.ndim != 2:
         raise ValueError(f"explain: expected a model output of shape (N, classes), found {logits.shape}")
 
-    start, classes = _start(target, logits, scale_by_logit=gradient_fn is None)
+    start, classes = _start(target, logits, "onehot" if gradient_fn is not None else composite.start)
     if gradient_fn is not None:
         if gradient_fn in (attribution.gradient, attribution.gradient_x_input):
             relevance = gradient_fn(model, x, start, trace=record)
@@ -277,6 +288,7 @@ def _explain(model, x, target, method_name, composite, gradient_fn, keep_layers,
         return Explanation(relevance, logits, classes, start, method_name, Ledger(), None, dict(rule_params))
 
     walk = _Walk(model, record, composite, keep_layers)
+    walk.ledger.start = composite.start if classes is not None else "explicit"
     relevance = walk.run(model, x, start)
     if relevance is start or np.may_share_memory(relevance, start):
         relevance = relevance.copy()

@@ -10,7 +10,8 @@ Fields (RLRP_SPEC.md, "Ledger"), every numeric one a per-sample array ``(N,)``:
   residual merge: ``sum(Rt_u)``; every other step: ``sum_i R_i`` (relevance it
   passes down);
 - ``law_rhs``: R-LRP linear map: ``sum_j (z_j - b_j) R_j`` (L2's right side,
-  equal to ``sum_contributions`` up to rounding); every other step: ``sum_j R_j``
+  equal to ``sum_contributions`` up to rounding); R-LRP max pooling (rule
+  ``rlrp_select``, a selection): ``sum_j R_j``; every other step: ``sum_j R_j``
   (what the classical conservation law would give, so ``sum_contributions -
   law_rhs`` is the relevance a classical step absorbed or created);
 - ``scale``: ``kappa = ||R||_1 / ||Rt||_1`` for R-LRP steps (0 when absorbed),
@@ -50,8 +51,19 @@ class LedgerRecord:
     path: tuple = field(default_factory=tuple)
 
 
+#: How the ledger names each output relevance a walk can start from.
+START_LABELS = {"logit": "f_c e_c", "abs_logit": "|f_c| e_c", "explicit": "explicit output relevance"}
+
+
 class Ledger(list):
-    """A list of :class:`LedgerRecord` in backward order, with a text table."""
+    """A list of :class:`LedgerRecord` in backward order, with a text table.
+
+    ``start`` says which output relevance the walk started from (a key of
+    :data:`START_LABELS`: ``"abs_logit"`` for R-LRP, ``"logit"`` for the
+    classical rules, ``"explicit"`` when the caller gave one), or None.
+    """
+
+    start: str | None = None
 
     def by_name(self, name: str, kind: str | None = None) -> LedgerRecord:
         """The record of layer ``name`` (and ``kind``, to pick a residual block's split or merge)."""
@@ -64,6 +76,8 @@ class Ledger(list):
         """A fixed-width table of one sample's records."""
         header = f"{'layer':<28} {'kind':<26} {'rule':<14} {'sum(Rt)':>12} {'law rhs':>12} {'kappa':>11} {'|R| out':>11} {'|R| in':>11} {'ties':>5}"
         lines = [header, "-" * len(header)]
+        if self.start is not None:
+            lines.insert(0, f"start: R = {START_LABELS.get(self.start, self.start)}")
         for r in self:
             name = ("  " * len(r.path) + r.name)[:28]
             flag = " absorbed" if r.absorbed[sample] else ""
@@ -77,4 +91,4 @@ class Ledger(list):
         return self.table(0) if self else "(empty ledger)"
 
 
-__all__ = ["Ledger", "LedgerRecord"]
+__all__ = ["Ledger", "LedgerRecord", "START_LABELS"]

@@ -305,10 +305,10 @@ class RLRP(Rule):
     1. contributions ``Rt_i = sum_j a_i w_ij R_j = a_i * vjp(R)_i`` (bias takes none);
     2. ``R_i = Rt_i * ||R||_1 / ||Rt||_1`` per sample (:func:`relative_rescale`).
 
-    Dense and Conv2D use their kernels; max pooling is the linear map selecting
-    each window's winner (ties: first in row-major order), average pooling the
-    map with weights ``1/count``; an unfolded BatchNorm is the diagonal map
-    ``scale`` with additive ``shift``. The ledger gets ``sum(Rt)``, the law's
+    Dense and Conv2D use their kernels, average pooling the map with weights
+    ``1/count``; an unfolded BatchNorm is the diagonal map ``scale`` with
+    additive ``shift``. Max pooling is not a weighted map: it is a selection
+    (:class:`RLRPSelect`). The ledger gets ``sum(Rt)``, the law's
     right side ``sum_j (z_j - b_j) R_j`` and ``kappa``.
 
     Reference: E. Nyiri, O. Gibaru, arXiv:2501.14322 (2025), as fixed by RLRP_SPEC.md.
@@ -329,6 +329,32 @@ class RLRP(Rule):
         out, scale, absorbed = relative_rescale(contributions, mass, contribution_mass)
         # ||R_in||_1 = kappa ||Rt||_1 = ||R||_1 (0 where nothing was left to rescale), up to rounding
         return Step(out, total, rhs, scale, absorbed, np.where(scale > 0, mass, 0.0))
+
+
+class RLRPSelect(Rule):
+    """R-LRP for max pooling, a selection like ReLU (docs/spec.md, "Element-wise and shape-only layers").
+
+    Each window's relevance goes unchanged to its winner (ties: the first index
+    in row-major window order), ``Rt = vjp(R)``; where overlapping windows share
+    a winner their parts add. Then the relative rescale of a linear map,
+    ``R_i = Rt_i * ||R||_1 / ||Rt||_1`` per sample: a no-op unless parts of
+    opposite sign met at one winner. Unlike :class:`RLRP` it does not multiply
+    by the activation, so the activation enters once per conv block and a
+    ``MaxPool2D(1)`` changes nothing. The ledger gets ``sum(Rt)``, the law's
+    right side ``sum_j R_j`` (a selection has no bias) and ``kappa``.
+    """
+
+    name = "rlrp_select"
+
+    def __call__(self, layer, a, z, relevance, mass=None):
+        contributions = layer.vjp(a, relevance)
+        if (not contributions.flags.writeable or not contributions.flags.c_contiguous
+                or np.may_share_memory(contributions, relevance)):
+            contributions = np.array(contributions, order="C")
+        total, contribution_mass = kernels.per_sample_sums(contributions)
+        mass = l1_mass(relevance) if mass is None else mass
+        out, scale, absorbed = relative_rescale(contributions, mass, contribution_mass)
+        return Step(out, total, sample_sum(relevance), scale, absorbed, np.where(scale > 0, mass, 0.0))
 
 
 class Term(NamedTuple):
@@ -710,11 +736,14 @@ class NormResidual(ResidualRule):
         self.split_eps = _check_nonnegative("residual split: stabilizer", stabilizer)
 
 
-LINEAR_MAPS = (Dense, Conv2D, AvgPool2D, MaxPool2D, GlobalAvgPool2D, BatchNorm)
+#: The layers R-LRP treats as linear maps ``Rt = a * vjp(R)``; max pooling is a selection (:class:`RLRPSelect`).
+LINEAR_MAPS = (Dense, Conv2D, AvgPool2D, GlobalAvgPool2D, BatchNorm)
+#: The layers R-LRP treats as selections: relevance to the winner, then the rescale.
+SELECTIONS = (MaxPool2D,)
 
 __all__ = [
     "AlphaBeta", "Epsilon", "Flat", "Gamma", "Gradient", "Group", "LRP0", "LRPRule", "LINEAR_MAPS", "Norm",
-    "NormResidual", "Pass", "RLRP", "RLRPResidual", "Reshape", "ResidualRule", "Rule", "Step", "Term", "WSquare", "ZBox",
+    "NormResidual", "Pass", "RLRP", "RLRPResidual", "RLRPSelect", "SELECTIONS", "Reshape", "ResidualRule", "Rule", "Step", "Term", "WSquare", "ZBox",
     "ZPlus", "ZENNIT_STABILIZER", "divide", "l1_mass", "law_rhs", "ratio_split", "relative_rescale", "sign0",
     "stabilize", "stabilized_quotient",
 ]

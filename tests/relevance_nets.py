@@ -2,7 +2,8 @@
 
 The naive R-LRP never calls a ``vjp``: each linear map is turned into its
 explicit matrix (columns from the bias-free forward of unit vectors; max pooling
-from the loop oracle's winners) and RLRP_SPEC.md is followed one sample at a time.
+from the loop oracle's winners, a selection) and docs/spec.md is followed one
+sample at a time.
 """
 
 from __future__ import annotations
@@ -174,6 +175,14 @@ def naive_rlrp(layer, a, relevance, log):
         (t, b), (l, r) = layer.padding
         return relevance[t : relevance.shape[0] - b, l : relevance.shape[1] - r]
     w = linear_matrix(layer, a)
+    if isinstance(layer, rr.MaxPool2D):
+        # a selection, like ReLU: each window's relevance to its winner (no product with a), then the rescale
+        r = relevance.reshape(-1)
+        rt = w @ r
+        mass, tmass = np.abs(r).sum(), np.abs(rt).sum()
+        out = rt * (mass / tmass) if tmass > 0 else np.zeros_like(rt)
+        log[layer.name] = dict(kappa=mass / tmass if tmass > 0 else 0.0, rhs=float(r.sum()), sum_in=out.sum())
+        return out.reshape(a.shape)
     contributions = a.reshape(-1, 1) * w                   # z_ij = a_i w_ij
     z = layer.forward(a[None])[0].reshape(-1)
     bias = getattr(layer, "bias", None)

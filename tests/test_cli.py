@@ -209,14 +209,16 @@ def test_trace_default_bundled_sample(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("layer"))
-    for column in ("kind", "output shape", "sum(Rt)", "law rhs", "scale", "|R|_1 out", "|R|_1 in"):
+    for column in ("kind", "rule", "output shape", "sum(Rt)", "law rhs", "scale", "|R|_1 out", "|R|_1 in"):
         assert column in header
+    assert "start: R = |f_c| e_c" in lines
     rows = {line.split()[0]: line.split() for line in lines if re.match(r"^(conv2d|dense|flatten|max_pooling2d)", line)}
     assert list(rows) == ["dense_1", "dense_relu", "dense", "flatten", "max_pooling2d_1", "conv2d_1_relu", "conv2d_1",
                           "max_pooling2d", "conv2d_relu", "conv2d"]
-    assert rows["conv2d"][2] == "32x32x8" and rows["dense_1"][2] == "4"
-    for name in ("dense_1", "dense", "conv2d_1", "conv2d"):
-        assert float(rows[name][3]) == pytest.approx(float(rows[name][4]), rel=1e-4)  # sum(Rt) == law rhs (L2)
+    assert rows["conv2d"][3] == "32x32x8" and rows["dense_1"][3] == "4"
+    assert rows["conv2d"][2] == "rlrp" and rows["max_pooling2d"][2] == "rlrp_select" and rows["conv2d_relu"][2] == "pass"
+    for name in ("dense_1", "dense", "conv2d_1", "conv2d", "max_pooling2d"):
+        assert float(rows[name][4]) == pytest.approx(float(rows[name][5]), rel=1e-4)  # sum(Rt) == law rhs (L2)
     assert "(holds)" in result.stdout
     assert list(tmp_path.iterdir()) == []  # trace writes nothing
 

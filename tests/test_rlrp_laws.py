@@ -40,7 +40,8 @@ def test_rlrp_matches_naive_spec_and_ledger(kind, seed):
     assert e.relevance.shape == x.shape and e.relevance.dtype == x.dtype
     for n in range(x.shape[0]):
         start = e.output_relevance[n]
-        assert np.count_nonzero(start) == 1 and start[e.target[n]] == e.logits[n, e.target[n]]
+        # the start is |f_c| e_c (docs/spec.md, "Start")
+        assert np.count_nonzero(start) == 1 and start[e.target[n]] == abs(e.logits[n, e.target[n]])
         log = {}
         want = naive_rlrp(model, x[n], start, log)
         np.testing.assert_allclose(e.relevance[n], want, rtol=1e-8, atol=1e-10 * np.abs(start).sum())
@@ -52,7 +53,7 @@ def test_rlrp_matches_naive_spec_and_ledger(kind, seed):
                 assert record.residual_ties[n] == entry["ties"]
                 continue
             np.testing.assert_allclose(record.scale[n], entry["kappa"], rtol=1e-8)
-            if "rhs" in entry:
+            if "neuron_law" in entry:
                 # L1, neuron law, from explicit contributions z_ij = a_i w_ij
                 col_sums, z_minus_b = entry["neuron_law"]
                 np.testing.assert_allclose(col_sums, z_minus_b, rtol=1e-9, atol=1e-10)
@@ -62,10 +63,17 @@ def test_rlrp_matches_naive_spec_and_ledger(kind, seed):
                 assert abs(record.sum_contributions[n] - record.law_rhs[n]) <= 1e-9 * scale_rhs
                 # L2: sum_i R_i = kappa * sum_j (z_j - b_j) R_j
                 assert abs(entry["sum_in"] - record.scale[n] * record.law_rhs[n]) <= 1e-8 * max(1.0, abs(entry["sum_in"]))
+            elif "rhs" in entry:
+                # max pooling, a selection: sum(Rt) == sum_j R_j, and sum_i R_i = kappa * sum_j R_j
+                assert record.rule == "rlrp_select"
+                scale_rhs = max(1.0, abs(entry["rhs"]))
+                assert abs(record.law_rhs[n] - entry["rhs"]) <= 1e-9 * scale_rhs
+                assert abs(record.sum_contributions[n] - record.law_rhs[n]) <= 1e-9 * scale_rhs
+                assert abs(entry["sum_in"] - record.scale[n] * record.law_rhs[n]) <= 1e-8 * max(1.0, abs(entry["sum_in"]))
     # L2 once more on the arrays explain returned, for the top-level linear maps
     inputs = _top_inputs_relevance(model, e)
     for record in e.ledger:
-        if record.path == () and record.rule in ("rlrp", "rlrp_residual") and record.kind != "residual_split":
+        if record.path == () and record.rule in ("rlrp", "rlrp_select", "rlrp_residual") and record.kind != "residual_split":
             sums = inputs[record.name].reshape(len(x), -1).sum(axis=1)
             np.testing.assert_allclose(sums, record.scale * record.law_rhs, rtol=1e-8, atol=1e-10 * np.abs(e.output_relevance).max())
 
@@ -233,7 +241,7 @@ def test_targets_int_per_sample_and_explicit():
     np.testing.assert_array_equal(e_list.target, [0, 1, classes - 1])
     np.testing.assert_allclose(e_list.relevance[1], e_int.relevance[1], rtol=1e-12)
     start = np.zeros((3, classes))
-    start[np.arange(3), [0, 1, classes - 1]] = e_list.logits[np.arange(3), [0, 1, classes - 1]]
+    start[np.arange(3), [0, 1, classes - 1]] = np.abs(e_list.logits[np.arange(3), [0, 1, classes - 1]])
     e_arr = rr.explain(model, x, target=start)
     assert e_arr.target is None
     np.testing.assert_allclose(e_arr.relevance, e_list.relevance, rtol=1e-12)

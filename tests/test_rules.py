@@ -212,7 +212,7 @@ def test_composites_map_layers_like_zennit():
         e = rr.explain(model, x, method=method, **kwargs)
         assert _rules_by_name(e) == {**base, **mapping}, method
     rlrp = _rules_by_name(rr.explain(model, x))
-    assert rlrp == dict(c1="rlrp", c2="rlrp", d1="rlrp", d2="rlrp", mp="rlrp", ap="rlrp", r1="pass", r2="pass", r3="pass", fl="reshape")
+    assert rlrp == dict(c1="rlrp", c2="rlrp", d1="rlrp", d2="rlrp", mp="rlrp_select", ap="rlrp", r1="pass", r2="pass", r3="pass", fl="reshape")
     # a dense-only net: flat lands on the first Dense, z-box finds no conv
     dense, xd = dense_net(2)
     e = rr.explain(dense, xd, method="epsilon_plus_flat")

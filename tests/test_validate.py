@@ -218,7 +218,7 @@ def test_shipped_rlrp_vectors_match_the_naive_spec(manifest):
         model = fold_batchnorm(load_model(data.path))  # RLRP_SPEC.md: BatchNorm is folded before any relevance pass
         for n, target in enumerate(data.targets):
             start = np.zeros(data.logits.shape[1])
-            start[target] = data.logits[n, target]
+            start[target] = abs(data.logits[n, target])  # |f_c| e_c (docs/spec.md, "Start")
             want = naive_rlrp(model, data.inputs[n], start, {})
             np.testing.assert_allclose(data.relevance["rlrp"][n], want, rtol=1e-8, atol=1e-10 * abs(start[target]),
                                        err_msg=f"{entry['name']} sample {n}")
@@ -374,3 +374,28 @@ def test_cli_vectors_writes_a_loadable_set(tmp_path, capsys):
     assert [e["name"] for e in manifest["cases"]] == ["dense_relu", "conv_maxpool"]
     _one_line_error(capsys, ["vectors", "--out", str(tmp_path / "w"), "--cases", "nope"], "unknown case 'nope'")
     assert not (tmp_path / "w").exists()
+
+
+def test_old_definition_vectors_are_read_and_reported_as_such(tmp_path):
+    """A vectors set written before definition_version existed is read as R-LRP definition 1, and the report says so."""
+    import json
+    import shutil
+
+    from rlrp_ref.validate import DEFINITION_VERSION, DEFINITIONS, validate
+
+    folder = tmp_path / "old"
+    shutil.copytree(PACKAGED_DIR, folder)
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["definition_version"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert load_manifest(folder)["definition_version"] == 1
+    theirs = {e["name"]: {"gradient": read_case(folder, e["name"]).relevance["gradient"]} for e in manifest["cases"]}
+    summary = validate(folder, theirs).summary()
+    assert DEFINITIONS[1] in summary and "old definition" in summary
+    current = validate(PACKAGED_DIR, theirs).summary()
+    assert DEFINITIONS[DEFINITION_VERSION] in current and "old definition" not in current
+    manifest["definition_version"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="definition_version"):
+        load_manifest(folder)

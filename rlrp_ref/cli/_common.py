@@ -298,12 +298,12 @@ def progress(items, desc: str):
 
 
 def ledger_rows(result, sample: int = 0) -> list[tuple]:
-    """``(layer, kind, output shape, sum(Rt), law rhs, scale, |R| out, |R| in)`` per ledger record."""
+    """``(layer, kind, rule, output shape, sum(Rt), law rhs, scale, |R| out, |R| in)`` per ledger record."""
     rows = []
     for record in result.ledger:
         shape = result.layers[record.name].shape[1:] if result.layers and record.name in result.layers else ()
         rows.append((
-            "  " * len(record.path) + record.name, record.kind, "x".join(map(str, shape)),
+            "  " * len(record.path) + record.name, record.kind, record.rule, "x".join(map(str, shape)),
             float(record.sum_contributions[sample]), float(record.law_rhs[sample]), float(record.scale[sample]),
             float(record.l1_out[sample]), float(record.l1_in[sample]),
         ))
@@ -311,14 +311,13 @@ def ledger_rows(result, sample: int = 0) -> list[tuple]:
 
 
 def format_table(rows) -> str:
-    header = ("layer", "kind", "output shape", "sum(Rt)", "law rhs", "scale", "|R|_1 out", "|R|_1 in")
-    name_w = max([len(header[0])] + [len(r[0]) for r in rows])
-    kind_w = max([len(header[1])] + [len(r[1]) for r in rows])
-    shape_w = max([len(header[2])] + [len(r[2]) for r in rows])
-    line = f"{{:<{name_w}}}  {{:<{kind_w}}}  {{:>{shape_w}}}  {{:>11}}  {{:>11}}  {{:>10}}  {{:>10}}  {{:>10}}"
-    out = [line.format(*header), "-" * (name_w + kind_w + shape_w + 6 + 2 * 5 + 11 * 2 + 10 * 3)]
-    for name, kind, shape, s, law, scale, l1_out, l1_in in rows:
-        out.append(line.format(name, kind, shape, f"{s:.5g}", f"{law:.5g}", f"{scale:.4g}", f"{l1_out:.5g}", f"{l1_in:.5g}"))
+    header = ("layer", "kind", "rule", "output shape", "sum(Rt)", "law rhs", "scale", "|R|_1 out", "|R|_1 in")
+    widths = [max([len(header[k])] + [len(r[k]) for r in rows]) for k in range(4)]
+    line = (f"{{:<{widths[0]}}}  {{:<{widths[1]}}}  {{:<{widths[2]}}}  {{:>{widths[3]}}}"
+            "  {:>11}  {:>11}  {:>10}  {:>10}  {:>10}")
+    out = [line.format(*header), "-" * (sum(widths) + 2 * 8 + 11 * 2 + 10 * 3)]
+    for name, kind, rule, shape, s, law, scale, l1_out, l1_in in rows:
+        out.append(line.format(name, kind, rule, shape, f"{s:.5g}", f"{law:.5g}", f"{scale:.4g}", f"{l1_out:.5g}", f"{l1_in:.5g}"))
     return "\n".join(out)
 
 

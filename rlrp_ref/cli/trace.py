@@ -4,11 +4,13 @@ Without IMAGE it explains a sample of the bundled test split (``--sample``) with
 the simple CNN trained on it (``--weights shapes`` or ``digits``). Each row is
 one backward step, from the logits down to the input:
 
-- ``layer``, ``kind``, ``output shape`` (the shape of the relevance the layer receives);
-- ``sum(Rt)``: the sum of the contributions ``Rt_i = a_i (W^T R)_i`` before
-  R-LRP's rescale (for other steps, the sum of the relevance passed down);
-- ``law rhs``: the right side of the layer law, ``sum_j (z_j - b_j) R_j``;
-  for R-LRP it equals ``sum(Rt)`` (RLRP_SPEC.md, L2);
+- ``layer``, ``kind``, ``rule``, ``output shape`` (the shape of the relevance the layer receives);
+- ``sum(Rt)``: the sum of the contributions ``Rt_i = a_i (W R)_i`` (kernel
+  ``(in, out)``) before R-LRP's rescale; for max pooling (rule ``rlrp_select``,
+  a selection) the sum of what went to the winners; for other steps, the sum of
+  the relevance passed down;
+- ``law rhs``: the right side of the layer law, ``sum_j (z_j - b_j) R_j``
+  (``sum_j R_j`` for a selection); for R-LRP it equals ``sum(Rt)`` (docs/spec.md, L2);
 - ``scale``: ``kappa = ||R_out||_1 / ||Rt||_1`` (1 for steps that do not rescale);
 - ``|R|_1 out`` and ``|R|_1 in``: the L1 mass arriving at the layer's output and
   leaving at its input. For R-LRP both equal ``|f_c(x)|`` on every top-level
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ledger import START_LABELS
 from . import _common
 
 
@@ -83,6 +86,7 @@ def run(args) -> int:
     if not result.ledger:
         print(f"(method {method} is a gradient method: it has no relevance ledger)")
         return 0
+    print(f"start: R = {START_LABELS.get(result.ledger.start, result.ledger.start)}")
     print()
     print(_common.format_table(_common.ledger_rows(result)))
     print()

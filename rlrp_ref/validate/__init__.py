@@ -22,6 +22,8 @@ from .network import read_network, write_network
 from .vectors import (
     CASES,
     FORMAT,
+    DEFINITION_VERSION,
+    DEFINITIONS,
     FORMAT_VERSION,
     METHODS,
     PACKAGED_DIR,
@@ -100,11 +102,11 @@ def validate(vectors_dir, theirs, *, methods=None, cases=None) -> SuiteReport:
             reports.append(compare(expected, got, method, rtol=spec["rtol"], atol=spec["atol"],
                                    target_logits=data.target_logits, bias_free=data.bias_free,
                                    k=manifest.get("topk"), case=name))
-    return SuiteReport(reports)
+    return SuiteReport(reports, manifest["definition_version"])
 
 
 __all__ = [
-    "CASES", "CaseData", "DEFAULT_ATOL", "DEFAULT_RTOL", "FORMAT", "FORMAT_VERSION", "LawCheck", "METHODS",
+    "CASES", "CaseData", "DEFAULT_ATOL", "DEFAULT_RTOL", "DEFINITIONS", "DEFINITION_VERSION", "FORMAT", "FORMAT_VERSION", "LawCheck", "METHODS",
     "PACKAGED_DIR", "Report", "SuiteReport", "check_laws", "compare", "load_manifest", "load_model",
     "read_case", "read_network", "read_theirs", "validate", "write_network", "write_vectors",
 ]

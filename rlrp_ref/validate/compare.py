@@ -111,6 +111,8 @@ class SuiteReport:
     """The reports of a whole vectors set: ``passed`` when every one passed."""
 
     reports: list[Report]
+    #: The R-LRP definition version of the vectors compared against (rlrp_ref.validate.vectors.DEFINITIONS).
+    definition_version: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -126,7 +128,13 @@ class SuiteReport:
         """One line: the verdict and how many case/method pairs pass."""
         n_pass = sum(r.passed for r in self.reports)
         verdict = "PASS" if self.passed else "FAIL"
-        return f"{verdict}: {n_pass} of {len(self.reports)} case/method pairs pass"
+        line = f"{verdict}: {n_pass} of {len(self.reports)} case/method pairs pass"
+        if self.definition_version is not None:
+            from .vectors import DEFINITION_VERSION, DEFINITIONS
+
+            old = " (an old definition: regenerate with rlrp-ref vectors --out DIR)" if self.definition_version != DEFINITION_VERSION else ""
+            line += f"; vectors of {DEFINITIONS[self.definition_version]}{old}"
+        return line
 
     def __str__(self) -> str:
         return markdown_table([r.row() for r in self.reports]) + "\n\n" + self.summary()

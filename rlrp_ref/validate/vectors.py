@@ -4,8 +4,8 @@ A vectors set is a folder with ``manifest.json`` and one HDF5 file per case.
 
 ``manifest.json``::
 
-    {"format": "rlrp-ref-vectors", "format_version": 1, "generator": "rlrp-ref 0.1.0",
-     "dtype": "float64", "start": "...", "topk": null,
+    {"format": "rlrp-ref-vectors", "format_version": 1, "definition_version": 2,
+     "generator": "rlrp-ref 0.1.0", "dtype": "float64", "topk": null,
      "methods": {"<method>": {"params": {...}, "rtol": ..., "atol": ...}, ...},
      "cases": [{"name": ..., "file": "<name>.h5", "sha256": ..., "description": ...,
                 "input_shape": [...], "num_samples": N, "num_classes": C,
@@ -13,7 +13,7 @@ A vectors set is a folder with ``manifest.json`` and one HDF5 file per case.
 
 Each case file (HDF5)::
 
-    /               attributes format, format_version, case, description, seed
+    /               attributes format, format_version, definition_version, case, description, seed
     /network        the model (schema in :mod:`rlrp_ref.validate.network`)
     /inputs         (N, *input_shape) float64
     /targets        (N,) int64, the explained class of each sample
@@ -22,7 +22,9 @@ Each case file (HDF5)::
     /smoothgrad_draws     (n, N, *input_shape) float64, the standard-normal draws of SmoothGrad
 
 The expected relevance is computed by :func:`rlrp_ref.explain` in float64 with
-the parameters listed in the manifest.
+the parameters listed in the manifest. ``definition_version`` names the R-LRP
+definition of the ``rlrp`` vectors (:data:`DEFINITIONS`); a set written before it
+existed has none and is read as definition 1, and reports say so.
 """
 
 from __future__ import annotations
@@ -41,8 +43,16 @@ from ..model import Residual, Sequential
 from .network import read_network, write_network
 
 FORMAT = "rlrp-ref-vectors"
-#: Version of the vectors format; a reader refuses any other.
+#: Version of the vectors format (the files' layout); a reader refuses any other.
 FORMAT_VERSION = 1
+#: Version of the R-LRP definition the expected ``rlrp`` relevance follows (docs/spec.md).
+#: A manifest without ``definition_version`` was written before it existed: definition 1.
+DEFINITION_VERSION = 2
+#: What each definition version of R-LRP means (docs/validation.md says why it changed).
+DEFINITIONS = {
+    1: "R-LRP definition 1 (before 2026-12): start f_c e_c, max pooling multiplied by the winner's activation",
+    2: "R-LRP definition 2: start |f_c| e_c, max pooling as a selection (relevance to the winner, then the rescale)",
+}
 MANIFEST = "manifest.json"
 #: The copy that ships inside the package.
 PACKAGED_DIR = Path(__file__).resolve().parent / "vectors"
@@ -215,11 +225,11 @@ _EXACT = {"rtol": 1e-7, "atol": 1e-10}
 _BOUNDS = {"low": -1.0, "high": 1.0}  # every case's inputs lie in [-1, 1]
 
 #: Method -> parameters passed to :func:`rlrp_ref.explain` by name, the output
-#: relevance it starts from (``"logit"``: ``f_c e_c``; ``"onehot"``: ``e_c``)
+#: relevance it starts from (``"abs_logit"``: ``|f_c| e_c``; ``"logit"``: ``f_c e_c``; ``"onehot"``: ``e_c``)
 #: and the PASS tolerance. Epsilon is 0.01 rather than Zennit's 1e-6 so that
 #: it visibly differs from LRP-0 (and a misplaced epsilon shows).
 METHODS: dict[str, dict] = {
-    "rlrp": {"params": {}, "start": "logit", **_EXACT},
+    "rlrp": {"params": {}, "start": "abs_logit", **_EXACT},
     "lrp0": {"params": {}, "start": "logit", **_EXACT},
     "epsilon": {"params": {"eps": 0.01}, "start": "logit", **_EXACT},
     "gamma": {"params": {"gamma": 0.25}, "start": "logit", **_EXACT},
@@ -286,6 +296,7 @@ def write_case(path, case: Case, methods=None) -> dict:
     with h5py.File(path, "w") as fh:
         fh.attrs["format"] = FORMAT
         fh.attrs["format_version"] = FORMAT_VERSION
+        fh.attrs["definition_version"] = DEFINITION_VERSION
         fh.attrs["case"] = case.name
         fh.attrs["description"] = case.description
         fh.attrs["seed"] = case.seed
@@ -318,6 +329,7 @@ def build_manifest(entries: list[dict], methods) -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "definition_version": DEFINITION_VERSION,
         "generator": f"rlrp-ref {__version__}",
         "dtype": "float64",
         "methods": {m: dict(METHODS[m]) for m in methods},
@@ -368,6 +380,9 @@ def load_manifest(vectors_dir, verify: bool = True) -> dict:
     for key in ("methods", "cases"):
         if key not in manifest:
             raise ValueError(f"{path}: expected key {key!r}")
+    definition = manifest.setdefault("definition_version", 1)  # written before the key existed: definition 1
+    if definition not in DEFINITIONS:
+        raise ValueError(f"{path}: expected definition_version in {sorted(DEFINITIONS)}, found {definition!r}")
     if verify:
         for entry in manifest["cases"]:
             file = folder / entry["file"]
