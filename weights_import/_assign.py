@@ -46,16 +46,18 @@ class Source:
         return tuple(self.transform.out_shape(tuple(self.shape)))
 
 
-def dataset_source(dataset, key: str | None = None, transform: Transform = IDENTITY) -> Source:
-    """A :class:`Source` reading an h5py dataset directly into the requested dtype."""
+def dataset_source(dataset, key: str, origin: str, transform: Transform = IDENTITY) -> Source:
+    """A :class:`Source` reading an h5py dataset directly into the requested dtype.
 
-    def read(dtype):
-        out = np.empty(dataset.shape, dtype=dtype)
-        if out.size:
-            dataset.read_direct(out)
-        return out
+    The dataset is vetted now (:func:`weights_import._h5.dataset_info`: no
+    virtual, external, null-dataspace or non-numeric dataset) and its storage
+    when it is read (:func:`weights_import._h5.read_dataset`), so nothing but
+    an array of the declared shape, already checked against the model, is allocated.
+    """
+    from . import _h5
 
-    return Source(key or dataset.name, tuple(dataset.shape), dataset.dtype, read, transform)
+    shape, dtype = _h5.dataset_info(dataset, origin, key)
+    return Source(key, shape, dtype, lambda dt: _h5.read_dataset(dataset, origin, key, dt), transform)
 
 
 def array_source(key: str, value, transform: Transform = IDENTITY) -> Source:

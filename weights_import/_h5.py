@@ -1,0 +1,288 @@
+"""The one guarded way :mod:`weights_import` touches an HDF5 file.
+
+A weights file is untrusted input: h5py and libhdf5 answer a damaged or
+hostile file with ``OSError``, ``RuntimeError``, ``KeyError``, ``TypeError``,
+``UnicodeDecodeError``, ``AttributeError`` (a group where a dataset should be)
+and more. Every access here runs under :func:`guard`, which turns any of them
+into a one-line :class:`WeightsError` naming the file and the object.
+
+Before anything is read, the layer refuses what a weights file written by
+Keras, torch or :mod:`weights_import.torch_to_h5` never holds, because each of
+these either loads values that are not in the file or makes libhdf5 misbehave:
+
+- soft and external links, and objects linked more than once (a hard link that
+  leaves the expected tree, or a cycle);
+- names that are not UTF-8;
+- attributes of the wrong type or rank (``layer_names`` must be a 1-D list of
+  strings, ``format`` a single string), or with more than :data:`MAX_NAMES` items;
+- datasets with a null dataspace, virtual datasets, raw data in external files,
+  and any datatype other than the standard little-endian IEEE floats and
+  standard integers (strings, arrays, compounds, enums, references, ...);
+
+and, when an array is read (:func:`read_dataset`), datasets never written (no
+storage allocated: they would read as fill values) or written only in part.
+The caller checks the declared shape against the model before reading, so the
+only array allocated is one the model predicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import numpy as np
+
+from .errors import WeightsError
+
+#: Most items a name-list attribute (``layer_names``, ``weight_names``) may hold, and most members a group may have.
+MAX_NAMES = 100_000
+#: Deepest group nesting walked in a state-dict file (``layer1/0/conv1/weight`` is 4).
+MAX_DEPTH = 32
+
+#: What h5py and libhdf5 raise on a damaged file (WeightsError, a ValueError, is re-raised as it is).
+_HDF5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError, UnicodeError, AttributeError,
+                IndexError, OverflowError, SystemError, NotImplementedError)
+
+
+def one_line(err) -> str:
+    """``str(err)`` on one line, at most 200 characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextlib.contextmanager
+def guard(origin: str, what: str):
+    """Turn any h5py/libhdf5 error raised in the block into a one-line WeightsError about ``what``."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except _HDF5_ERRORS as err:
+        raise WeightsError(f"{origin}: {what}: expected a readable HDF5 object, found an HDF5 error "
+                           f"({type(err).__name__}: {one_line(err)})") from None
+
+
+def _show(path: str) -> str:
+    return repr(path) if len(path) <= 80 else repr(path[:77] + "...")
+
+
+def check_name(name, origin: str, where: str) -> str:
+    """A member name as str; h5py hands back names that are not UTF-8 as bytes (or with surrogates)."""
+    if isinstance(name, str):
+        try:
+            name.encode("utf-8")
+            return name
+        except UnicodeEncodeError:
+            pass
+    raise WeightsError(f"{origin}: {_show(where)}: expected member names in UTF-8, found {name!r}"[:400])
+
+
+def members(group, origin: str, path: str) -> list[str]:
+    """The link names of ``group`` (checked UTF-8 names, at most :data:`MAX_NAMES`)."""
+    with guard(origin, f"group {_show(path)}"):
+        count = len(group)
+    if count > MAX_NAMES:
+        raise WeightsError(f"{origin}: group {_show(path)}: expected at most {MAX_NAMES} members, found {count}")
+    with guard(origin, f"group {_show(path)}"):
+        names = list(group)
+    return [check_name(n, origin, path) for n in names]
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path.rstrip('/')}/{name}" if path else name
+
+
+def child(group, name: str, origin: str, path: str, kind: str | None = None):
+    """The object at ``name`` (one path component) of ``group``, or None when there is no such link.
+
+    ``path`` names the group in messages. ``kind`` is ``"group"``, ``"dataset"``
+    or None (either). Soft and external links, and objects with more than one
+    hard link, are refused without being followed.
+    """
+    import h5py
+
+    full = _join(path, name)
+    if not name or name in (".", "..") or "/" in name:
+        raise WeightsError(f"{origin}: {_show(full)}: expected a plain member name, found {name!r}")
+    with guard(origin, _show(full)):
+        if name not in group:
+            return None
+        link = group.get(name, getlink=True)
+    if isinstance(link, h5py.SoftLink):
+        raise WeightsError(f"{origin}: {_show(full)}: expected an object stored in the file, found a soft link to {_show(str(link.path))}")
+    if isinstance(link, h5py.ExternalLink):
+        raise WeightsError(f"{origin}: {_show(full)}: expected an object stored in the file, found an external link "
+                           f"to {_show(str(link.filename))}:{_show(str(link.path))}")
+    if not isinstance(link, h5py.HardLink):
+        raise WeightsError(f"{origin}: {_show(full)}: expected an object stored in the file, found a {type(link).__name__}")
+    with guard(origin, _show(full)):
+        obj = group[name]
+        links = h5py.h5o.get_info(obj.id).rc
+    if links != 1:
+        raise WeightsError(f"{origin}: {_show(full)}: expected an object linked once in the file, found it hard-linked "
+                           f"{links} times (a link that leaves its tree, or a cycle)")
+    is_group, is_dataset = isinstance(obj, h5py.Group), isinstance(obj, h5py.Dataset)
+    found = "a group" if is_group else "a dataset" if is_dataset else f"a {type(obj).__name__}"
+    if (kind == "group" and not is_group) or (kind == "dataset" and not is_dataset) or not (is_group or is_dataset):
+        raise WeightsError(f"{origin}: {_show(full)}: expected {'a ' + kind if kind else 'a group or dataset'}, found {found}")
+    return obj
+
+
+def resolve(group, relpath: str, origin: str, path: str, kind: str | None = None):
+    """``group[relpath]`` one checked component at a time (see :func:`child`); None when a link is missing."""
+    parts = relpath.split("/")
+    obj, where = group, path
+    for i, part in enumerate(parts):
+        obj = child(obj, part, origin, where, kind if i == len(parts) - 1 else "group")
+        if obj is None:
+            return None
+        where = _join(where, part)
+    return obj
+
+
+def has_attr(obj, name: str, origin: str, path: str) -> bool:
+    with guard(origin, f"{_show(path)} attribute {name!r}"):
+        return name in obj.attrs
+
+
+def _attr_id(obj, name: str, origin: str, what: str):
+    import h5py
+
+    with guard(origin, what):
+        if name not in obj.attrs:
+            return None, None, None
+        aid = h5py.h5a.open(obj.id, name.encode("utf-8"))
+        shape = aid.shape
+        tclass = aid.get_type().get_class()
+    return aid, shape, tclass
+
+
+def _decode(value, origin: str, what: str) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise WeightsError(f"{origin}: {what}: expected UTF-8 text, found {bytes(value)[:60]!r}") from None
+    if isinstance(value, str):
+        return check_name(value, origin, what)
+    raise WeightsError(f"{origin}: {what}: expected text, found a {type(value).__name__}")
+
+
+def attr_strings(obj, name: str, origin: str, path: str) -> list[str] | None:
+    """A string attribute holding a list of names (scalar or 1-D), decoded as UTF-8; None when absent."""
+    import h5py
+
+    what = f"{_show(path)} attribute {name!r}"
+    aid, shape, tclass = _attr_id(obj, name, origin, what)
+    if aid is None:
+        return None
+    if shape is None:
+        raise WeightsError(f"{origin}: {what}: expected a list of names, found an empty (null) attribute")
+    if len(shape) > 1:
+        raise WeightsError(f"{origin}: {what}: expected a 1-D list of names, found an attribute of shape {tuple(shape)}")
+    if math.prod(shape) == 0:
+        return []  # h5py writes an empty Python list as an empty float array
+    if tclass != h5py.h5t.STRING:
+        raise WeightsError(f"{origin}: {what}: expected a list of names (strings), found a non-string attribute")
+    if math.prod(shape) > MAX_NAMES:
+        raise WeightsError(f"{origin}: {what}: expected at most {MAX_NAMES} names, found {math.prod(shape)}")
+    with guard(origin, what):
+        value = obj.attrs[name]
+    values = [value] if np.ndim(value) == 0 else list(np.asarray(value, dtype=object).ravel())
+    return [_decode(v, origin, what) for v in values]
+
+
+def attr_string(obj, name: str, origin: str, path: str) -> str | None:
+    """A single string attribute (scalar or one item), decoded as UTF-8; None when absent."""
+    values = attr_strings(obj, name, origin, path)
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise WeightsError(f"{origin}: {_show(path)} attribute {name!r}: expected one string, found {len(values)}")
+    return values[0]
+
+
+def _standard_types():
+    import h5py
+
+    floats = {h5py.h5t.IEEE_F16LE: "float16", h5py.h5t.IEEE_F32LE: "float32", h5py.h5t.IEEE_F64LE: "float64"}
+    ints = [getattr(h5py.h5t, f"STD_{s}{b}{e}") for s in "IU" for b in (8, 16, 32, 64) for e in ("LE", "BE")]
+    return floats, ints
+
+
+def dataset_info(ds, origin: str, key: str) -> tuple[tuple, np.dtype]:
+    """``(shape, dtype)`` of a dataset that may be read (see the module docstring for what is refused)."""
+    import h5py
+
+    what = f"dataset {_show(key)}"
+    with guard(origin, what):
+        shape = ds.id.shape
+        dcpl = ds.id.get_create_plist()
+        layout = dcpl.get_layout()
+        external = dcpl.get_external_count()
+        ftype = ds.id.get_type()
+        tclass = ftype.get_class()
+    if shape is None:
+        raise WeightsError(f"{origin}: {what}: expected an array, found a dataset with a null (empty) dataspace")
+    if layout == h5py.h5d.VIRTUAL:
+        raise WeightsError(f"{origin}: {what}: expected an array stored in the file, found a virtual dataset (its values live elsewhere)")
+    if external:
+        raise WeightsError(f"{origin}: {what}: expected an array stored in the file, found raw data in {external} external file(s)")
+    floats, ints = _standard_types()
+    with guard(origin, what):
+        name = next((n for t, n in floats.items() if ftype.equal(t)), None)
+        if name is None and tclass == h5py.h5t.INTEGER and any(ftype.equal(t) for t in ints):
+            name = ftype.dtype.str
+    if name is None:
+        kinds = {h5py.h5t.FLOAT: "a non-standard or big-endian float", h5py.h5t.INTEGER: "a non-standard integer",
+                 h5py.h5t.STRING: "strings", h5py.h5t.ARRAY: "an array datatype", h5py.h5t.COMPOUND: "a compound datatype",
+                 h5py.h5t.ENUM: "an enum", h5py.h5t.VLEN: "variable-length data", h5py.h5t.REFERENCE: "references",
+                 h5py.h5t.OPAQUE: "opaque data", h5py.h5t.BITFIELD: "a bitfield"}
+        raise WeightsError(f"{origin}: {what}: expected a little-endian IEEE float (or integer) dataset, found "
+                           f"{kinds.get(tclass, 'an unknown datatype')}")
+    return tuple(int(n) for n in shape), np.dtype(name)
+
+
+def read_dataset(ds, origin: str, key: str, dtype) -> np.ndarray:
+    """Read a dataset accepted by :func:`dataset_info` into a new array of ``dtype``.
+
+    Refuses a dataset never written (no storage allocated) or written in part
+    (contiguous storage smaller than the array, missing chunks), and one whose
+    contiguous storage lies beyond the end of the file.
+    """
+    import h5py
+
+    what = f"dataset {_show(key)}"
+    shape, stored = dataset_info(ds, origin, key)
+    out = None
+    with guard(origin, what):
+        size = math.prod(shape)
+        if size:
+            dsid = ds.id
+            dcpl = dsid.get_create_plist()
+            layout = dcpl.get_layout()
+            storage = dsid.get_storage_size()
+            if dsid.get_space_status() != h5py.h5d.SPACE_STATUS_ALLOCATED or storage == 0:
+                raise WeightsError(f"{origin}: {what}: expected stored values, found a dataset that was never written "
+                                   f"(no storage allocated for its {size} values)")
+            if layout == h5py.h5d.CHUNKED:
+                chunks = dcpl.get_chunk()
+                expected = math.prod(-(-n // c) for n, c in zip(shape, chunks))
+                written = dsid.get_num_chunks()
+                if written != expected:
+                    raise WeightsError(f"{origin}: {what}: expected {expected} stored chunks, found {written} (written in part)")
+            else:
+                nbytes = size * stored.itemsize
+                if storage < nbytes:
+                    raise WeightsError(f"{origin}: {what}: expected {nbytes} bytes of storage, found {storage}")
+                if layout == h5py.h5d.CONTIGUOUS:
+                    file_size = os.path.getsize(origin)
+                    offset = dsid.get_offset()
+                    if offset is None or offset + nbytes > file_size:
+                        raise WeightsError(f"{origin}: {what}: expected its values inside the file, found them at "
+                                           f"byte {offset} beyond the end ({file_size} bytes)")
+        out = np.empty(shape, dtype=dtype)
+        if size:
+            ds.read_direct(out)
+    return out
