@@ -188,9 +188,76 @@ def attr_strings(obj, name: str, origin: str, path: str) -> list[str] | None:
     if math.prod(shape) > MAX_NAMES:
         raise WeightsError(f"{origin}: {what}: expected at most {MAX_NAMES} names, found {math.prod(shape)}")
     with guard(origin, what):
+        variable = aid.get_type().is_variable_str()
+    if variable:
+        check_global_heaps(obj, origin)
+    with guard(origin, what):
         value = obj.attrs[name]
     values = [value] if np.ndim(value) == 0 else list(np.asarray(value, dtype=object).ravel())
     return [_decode(v, origin, what) for v in values]
+
+
+#: ``{(path, size, mtime): None or the error}`` of :func:`check_global_heaps`, so one load scans a file once.
+_HEAP_CHECKS: dict = {}
+
+
+def check_global_heaps(obj, origin: str) -> None:
+    """Refuse a file whose global heap would make libhdf5 loop forever, before a variable-length string is read.
+
+    Variable-length strings (h5py's ``str`` attributes: Keras 3's ``name``,
+    the state dict's ``format``) live in global heap collections (signature
+    ``GCOL``). libhdf5 walks a collection object by object, each step moving by
+    the object's recorded size; an object of index 0 and size 0 (a zeroed range)
+    or a size that wraps the pointer never moves, and the read hangs forever.
+    This walks every collection in the file the same way first (a bounded
+    loop) and refuses one that does not advance or runs past its own end.
+    """
+    import mmap
+
+    try:
+        stat = os.stat(origin)
+    except OSError as err:
+        raise WeightsError(f"{origin}: expected a readable file, found {one_line(err)}") from None
+    key = (origin, stat.st_size, stat.st_mtime_ns)
+    if key not in _HEAP_CHECKS:
+        with guard(origin, "file"):
+            length_size = obj.file.id.get_create_plist().get_sizes()[1]
+        if len(_HEAP_CHECKS) > 64:
+            _HEAP_CHECKS.clear()
+        error = None
+        if stat.st_size:
+            with open(origin, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                error = _global_heap_error(mm, length_size)
+        _HEAP_CHECKS[key] = error
+    if _HEAP_CHECKS[key]:
+        raise WeightsError(f"{origin}: expected intact global heaps (they hold the variable-length strings), found "
+                           f"{_HEAP_CHECKS[key]}, on which libhdf5 would loop forever")
+
+
+def _global_heap_error(mm, length_size: int) -> str | None:
+    """The first defect of any global heap collection in ``mm`` (walked as libhdf5 walks it), or None."""
+    header = 8 + length_size  # "GCOL", version, 3 reserved bytes, collection size
+    object_header = 8 + length_size  # index (2), reference count (2), reserved (4), object size
+    pos = mm.find(b"GCOL")
+    while pos != -1:
+        if mm[pos + 4] == 1 and mm[pos + 5:pos + 8] == b"\0\0\0":
+            size = int.from_bytes(mm[pos + 8:pos + 8 + length_size], "little")
+            end = pos + size
+            if size >= 4096 and end <= len(mm):
+                p = pos + header
+                while p < end:
+                    if p + object_header > end:
+                        break  # a tail too small for an object is free space
+                    index = int.from_bytes(mm[p:p + 2], "little")
+                    obj_size = int.from_bytes(mm[p + 8:p + 8 + length_size], "little")
+                    need = (object_header + ((obj_size + 7) & ~7)) % 2**64 if index else obj_size
+                    if need == 0 or need >= 2**63:
+                        return f"a global heap collection at byte {pos} with an object of index {index} and size {obj_size} at byte {p}"
+                    if p + need > end and index:
+                        return f"a global heap collection at byte {pos} whose object at byte {p} runs past the collection's end"
+                    p += need
+        pos = mm.find(b"GCOL", pos + 1)
+    return None
 
 
 def attr_string(obj, name: str, origin: str, path: str) -> str | None:
