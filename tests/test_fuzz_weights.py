@@ -43,12 +43,12 @@ from rlrp_ref.models.simple_cnn import bundled_weights
 
 SEED = 17
 #: Byte-level mutants per base file (RLRP_FUZZ_MUTANTS=2000 for a longer run by hand).
-BYTE_MUTANTS = int(os.environ.get("RLRP_FUZZ_MUTANTS", "240"))
+BYTE_MUTANTS = int(os.environ.get("RLRP_FUZZ_MUTANTS", "400"))
 #: Per-case alarm (s); address-space allowance over the worker's start-up size (MiB).
 TIMEOUT_S = 20
 LIMIT_MB = 512
 #: Peak RSS growth a case may add beyond 1.5x the model's weights: libhdf5's metadata and chunk caches, h5py objects.
-RSS_ALLOWANCE = 24 * 2**20
+RSS_ALLOWANCE = 4 * 2**20
 
 
 # ---------------------------------------------------------------------------
