@@ -41,7 +41,7 @@ import pytest
 from fuzz_worker import build
 from rlrp_ref.models.simple_cnn import bundled_weights
 
-SEED = 17
+SEED = int(os.environ.get("RLRP_FUZZ_SEED", "17"))
 #: Byte-level mutants per base file (RLRP_FUZZ_MUTANTS=2000 for a longer run by hand).
 BYTE_MUTANTS = int(os.environ.get("RLRP_FUZZ_MUTANTS", "400"))
 #: Per-case alarm (s); address-space allowance over the worker's start-up size (MiB).

@@ -246,3 +246,45 @@ def test_cli_explains_the_digits_cnn_saved_in_any_layout(tmp_path, capsys, layou
                                                "--out", str(tmp_path / "ref")])
     # the same classes, probabilities, logits and relevance; a file without dataset names labels them 'class <i>'
     assert code_ref == 0 and [re.sub(r"class (\d)", r"\1", line) for line in stdout.splitlines()[1:-1]] == stdout_ref.splitlines()[1:-1]
+
+
+# ---------------------------------------------------------------------------
+# damaged images: a decoded RGB array or a one-line ValueError naming the file
+# ---------------------------------------------------------------------------
+
+
+def test_damaged_images_decode_or_fail_in_one_line(tmp_path):
+    import warnings
+
+    from rlrp_ref.preprocess import load_image
+
+    rng = np.random.default_rng(17)
+    pixels = (rng.random((24, 20, 3)) * 255).astype(np.uint8)
+    outcomes = {"decoded": 0, "refused": 0}
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, fmt)
+        data = buf.getvalue()
+        for i in range(40):
+            mutant = bytearray(data)
+            if i % 3 == 0:
+                del mutant[int(rng.integers(1, len(data))):]
+            else:
+                for pos in rng.integers(0, len(data), size=int(rng.integers(1, 6))):
+                    mutant[pos] = int(rng.integers(0, 256))
+            path = tmp_path / f"m_{fmt}_{i}.img"
+            path.write_bytes(bytes(mutant))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    image = load_image(path, max_pixels=10_000)
+                except ValueError as err:
+                    message = str(err)
+                    assert "\n" not in message and str(path) in message, message
+                    outcomes["refused"] += 1
+                else:
+                    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+                    assert image.shape[0] * image.shape[1] <= 10_000
+                    outcomes["decoded"] += 1
+            assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert outcomes["decoded"] and outcomes["refused"], outcomes

@@ -14,7 +14,11 @@ plain arrays keyed by layer name, and assigns them with exact shape checks:
 :func:`assign_state_dict` fills a model straight from an in-memory torch state dict.
 Every failure is a :class:`WeightsError` (a ``ValueError``) with a one-line
 message naming the file, the layer, what was expected and what was found, and
-the model is left untouched (nothing half-assigned).
+the model is left untouched (nothing half-assigned). The file is read only
+through :mod:`weights_import._h5`, which turns every h5py/libhdf5 error into
+such a message and refuses links, virtual, external or never-written datasets
+and malformed attributes before anything is read; only arrays whose shapes
+the model predicts are allocated.
 """
 
 from __future__ import annotations

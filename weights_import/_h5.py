@@ -105,17 +105,22 @@ def child(group, name: str, origin: str, path: str, kind: str | None = None):
     full = _join(path, name)
     if not name or name in (".", "..") or "/" in name:
         raise WeightsError(f"{origin}: {_show(full)}: expected a plain member name, found {name!r}")
+    raw = name.encode("utf-8")
     with guard(origin, _show(full)):
-        if name not in group:
+        # the link itself, not followed: `name in group` would open the file an external link names
+        if not group.id.links.exists(raw):
             return None
-        link = group.get(name, getlink=True)
-    if isinstance(link, h5py.SoftLink):
-        raise WeightsError(f"{origin}: {_show(full)}: expected an object stored in the file, found a soft link to {_show(str(link.path))}")
-    if isinstance(link, h5py.ExternalLink):
+        link_type = group.id.links.get_info(raw).type
+        target = group.id.links.get_val(raw) if link_type != h5py.h5l.TYPE_HARD else None
+    if link_type == h5py.h5l.TYPE_SOFT:
+        raise WeightsError(f"{origin}: {_show(full)}: expected an object stored in the file, found a soft link to "
+                           f"{_show(target.decode('utf-8', 'replace'))}")
+    if link_type == h5py.h5l.TYPE_EXTERNAL:
+        filename, path_in = (t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in target)
         raise WeightsError(f"{origin}: {_show(full)}: expected an object stored in the file, found an external link "
-                           f"to {_show(str(link.filename))}:{_show(str(link.path))}")
-    if not isinstance(link, h5py.HardLink):
-        raise WeightsError(f"{origin}: {_show(full)}: expected an object stored in the file, found a {type(link).__name__}")
+                           f"to {_show(filename)}:{_show(path_in)}")
+    if link_type != h5py.h5l.TYPE_HARD:
+        raise WeightsError(f"{origin}: {_show(full)}: expected an object stored in the file, found a user-defined link")
     with guard(origin, _show(full)):
         obj = group[name]
         links = h5py.h5o.get_info(obj.id).rc
@@ -178,13 +183,13 @@ def attr_strings(obj, name: str, origin: str, path: str) -> list[str] | None:
     if aid is None:
         return None
     if shape is None:
-        raise WeightsError(f"{origin}: {what}: expected a list of names, found an empty (null) attribute")
+        raise WeightsError(f"{origin}: {what}: expected text (a string or a 1-D list of strings), found an empty (null) attribute")
     if len(shape) > 1:
-        raise WeightsError(f"{origin}: {what}: expected a 1-D list of names, found an attribute of shape {tuple(shape)}")
+        raise WeightsError(f"{origin}: {what}: expected text (a string or a 1-D list of strings), found an attribute of shape {tuple(shape)}")
     if math.prod(shape) == 0:
         return []  # h5py writes an empty Python list as an empty float array
     if tclass != h5py.h5t.STRING:
-        raise WeightsError(f"{origin}: {what}: expected a list of names (strings), found a non-string attribute")
+        raise WeightsError(f"{origin}: {what}: expected text (a string or a 1-D list of strings), found a non-string attribute")
     if math.prod(shape) > MAX_NAMES:
         raise WeightsError(f"{origin}: {what}: expected at most {MAX_NAMES} names, found {math.prod(shape)}")
     with guard(origin, what):
@@ -330,9 +335,13 @@ def read_dataset(ds, origin: str, key: str, dtype) -> np.ndarray:
             dcpl = dsid.get_create_plist()
             layout = dcpl.get_layout()
             storage = dsid.get_storage_size()
-            if dsid.get_space_status() != h5py.h5d.SPACE_STATUS_ALLOCATED or storage == 0:
+            status = dsid.get_space_status()
+            if status == h5py.h5d.SPACE_STATUS_NOT_ALLOCATED or storage == 0:
                 raise WeightsError(f"{origin}: {what}: expected stored values, found a dataset that was never written "
                                    f"(no storage allocated for its {size} values)")
+            if status != h5py.h5d.SPACE_STATUS_ALLOCATED:
+                raise WeightsError(f"{origin}: {what}: expected stored values, found a dataset written in part "
+                                   f"(storage allocated for some of its {size} values only)")
             if layout == h5py.h5d.CHUNKED:
                 chunks = dcpl.get_chunk()
                 expected = math.prod(-(-n // c) for n, c in zip(shape, chunks))
