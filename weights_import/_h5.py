@@ -22,7 +22,13 @@ these either loads values that are not in the file or makes libhdf5 misbehave:
 and, when an array is read (:func:`read_dataset`), datasets never written (no
 storage allocated: they would read as fill values) or written only in part.
 The caller checks the declared shape against the model before reading, so the
-only array allocated is one the model predicts.
+only array allocated is one the model predicts. Before a variable-length
+string is read, the file's global heaps are walked (:func:`check_global_heaps`):
+libhdf5 loops forever on a heap object of size 0.
+
+What no check can catch: the default HDF5 format has no checksums on object
+headers, so a changed data address that still points inside the file reads
+other bytes of it (docs/index.md, "Damaged or hostile files").
 """
 
 from __future__ import annotations
@@ -67,15 +73,20 @@ def _show(path: str) -> str:
     return repr(path) if len(path) <= 80 else repr(path[:77] + "...")
 
 
+def _is_utf8(name) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8
+        return False
+    return True
+
+
 def check_name(name, origin: str, where: str) -> str:
     """A member name as str; h5py hands back names that are not UTF-8 as bytes (or with surrogates)."""
-    if isinstance(name, str):
-        try:
-            name.encode("utf-8")
-            return name
-        except UnicodeEncodeError:
-            pass
-    raise WeightsError(f"{origin}: {_show(where)}: expected member names in UTF-8, found {name!r}"[:400])
+    if isinstance(name, str) and _is_utf8(name):
+        return name
+    shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+    raise WeightsError(f"{origin}: {_show(where)}: expected member names in UTF-8, found {shown}")
 
 
 def members(group, origin: str, path: str) -> list[str]:
