@@ -43,7 +43,7 @@ from rlrp_ref.models.simple_cnn import bundled_weights
 
 SEED = int(os.environ.get("RLRP_FUZZ_SEED", "17"))
 #: Byte-level mutants per base file (RLRP_FUZZ_MUTANTS=2000 for a longer run by hand).
-BYTE_MUTANTS = int(os.environ.get("RLRP_FUZZ_MUTANTS", "400"))
+BYTE_MUTANTS = int(os.environ.get("RLRP_FUZZ_MUTANTS", "300"))
 #: Per-case alarm (s); address-space allowance over the worker's start-up size (MiB).
 TIMEOUT_S = 20
 LIMIT_MB = 512

@@ -140,6 +140,7 @@ def read(path, max_bytes: int | None = None) -> dict[str, dict[str, np.ndarray]]
             raise WeightsError(f"{origin}: expected arrays of at most {limit} bytes in all "
                                f"({'the file size' if max_bytes is None else 'max_bytes'}), found {total} bytes declared "
                                f"(pass read(path, max_bytes=...) to allow more)")
+        _h5.check_disjoint([span for items in stored.values() for _, src in items for span in src.extents], origin)
         return {key: {name: src.read(src.dtype) for name, src in items} for key, items in stored.items()}
 
 

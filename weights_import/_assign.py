@@ -40,6 +40,8 @@ class Source:
     dtype: np.dtype
     read: Callable[[np.dtype], np.ndarray]
     transform: Transform = field(default=IDENTITY)
+    #: ``((start, end, what), ...)``: the file bytes of its values and header (none for in-memory arrays).
+    extents: tuple = ()
 
     @property
     def out_shape(self) -> tuple:
@@ -57,7 +59,8 @@ def dataset_source(dataset, key: str, origin: str, transform: Transform = IDENTI
     from . import _h5
 
     shape, dtype = _h5.dataset_info(dataset, origin, key)
-    return Source(key, shape, dtype, lambda dt: _h5.read_dataset(dataset, origin, key, dt), transform)
+    return Source(key, shape, dtype, lambda dt: _h5.read_dataset(dataset, origin, key, dt), transform,
+                  _h5.extents(dataset, origin, key))
 
 
 def array_source(key: str, value, transform: Transform = IDENTITY) -> Source:
@@ -162,7 +165,10 @@ def _read(origin, layer, pname, src, dtype) -> np.ndarray:
 
 def assign(model, entries: dict, origin: str) -> None:
     """Fill ``model`` from ``entries`` (see :func:`match`): all parameters or none."""
+    from ._h5 import check_disjoint
+
     plan = match(model, entries, origin)
+    check_disjoint([span for _, sources in plan for src in sources.values() for span in src.extents], origin)
     staged = []
     for layer, sources in plan:
         current = layer.params

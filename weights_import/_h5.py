@@ -327,6 +327,34 @@ def dataset_info(ds, origin: str, key: str) -> tuple[tuple, np.dtype]:
     return tuple(int(n) for n in shape), np.dtype(name)
 
 
+def extents(ds, origin: str, key: str) -> tuple:
+    """``((start, end, what), ...)``: the file bytes holding a dataset's contiguous values and its object header.
+
+    In a sound file no two of these overlap; a damaged data address usually
+    lands on another dataset's values or header (see :func:`check_disjoint`).
+    """
+    import h5py
+
+    out = []
+    with guard(origin, f"dataset {_show(key)}"):
+        offset = ds.id.get_offset()
+        if offset is not None:
+            out.append((int(offset), int(offset) + int(ds.id.get_storage_size()), f"the values of {_show(key)}"))
+        info = h5py.h5o.get_info(ds.id)
+        if info.hdr.nchunks == 1:
+            out.append((int(info.addr), int(info.addr) + int(info.hdr.space.total), f"the header of {_show(key)}"))
+    return tuple(out)
+
+
+def check_disjoint(spans, origin: str) -> None:
+    """Refuse two of ``spans`` (from :func:`extents`) that share bytes of the file."""
+    ordered = sorted(spans)
+    for (start, end, what), (next_start, next_end, next_what) in zip(ordered, ordered[1:]):
+        if next_start < end:
+            raise WeightsError(f"{origin}: expected {what} and {next_what} in separate bytes of the file, found both at "
+                               f"bytes {next_start}..{min(end, next_end)} (a damaged data address)")
+
+
 def read_dataset(ds, origin: str, key: str, dtype) -> np.ndarray:
     """Read a dataset accepted by :func:`dataset_info` into a new array of ``dtype``.
 
