@@ -11,8 +11,10 @@ relevance, ``(H, W, C)``). PNGs of inputs smaller than 128 pixels are enlarged
 by an integer factor (nearest neighbour).
 
 Every input is checked first (architecture, method, target, weights, each
-image decoded once), and the files are written through a staging folder, so
-an error leaves no output folder and no partial file.
+image decoded once; an image of more than ``--max-pixels`` pixels is refused
+from its header, before decoding), and the files are written through a staging
+folder, so an error leaves no output folder and no partial file. A forward or
+backward pass that overflows the dtype stops with one line naming the layer.
 """
 
 from __future__ import annotations
