@@ -47,7 +47,9 @@ def _as_param(layer_desc: str, pname: str, value, ndim: int | None = None) -> np
             raise ValueError(f"{layer_desc}: {pname} must be a float array, found dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{layer_desc}: {pname} expected rank {ndim}, found shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    # a broadcast placeholder (zero strides, models.shape_model) is checked on its distinct values only
+    distinct = arr[tuple(0 if stride == 0 and n else slice(None) for stride, n in zip(arr.strides, arr.shape))]
+    if not np.all(np.isfinite(distinct)):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{layer_desc}: {pname} expected finite values, found {bad} non-finite (NaN or inf)")
     return arr

@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "CAFFE_MEAN_BGR",
+    "MAX_PIXELS",
     "TORCHVISION_MEAN",
     "TORCHVISION_STD",
     "load_image",
@@ -79,24 +80,70 @@ def _check_rgb_uint8(img, what: str = "image") -> np.ndarray:
     return img
 
 
-def load_image(path) -> np.ndarray:
+#: Largest image :func:`load_image` decodes by default, in pixels (width x height): 40 megapixels,
+#: about 120 MB as uint8 RGB. Larger files are refused before decoding; pass ``max_pixels``
+#: (``--max-pixels`` on the command line) to allow more.
+MAX_PIXELS = 40_000_000
+
+
+def _pixel_count(message: str) -> str:
+    """The pixel count Pillow names in a decompression-bomb message (``"Image size (N pixels) exceeds ..."``)."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", message)
+    return f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow allows"
+
+
+def load_image(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as uint8 RGB ``(H, W, 3)``.
 
     Grey, palette and CMYK images are converted to RGB; an alpha channel is
     dropped. Raises ``FileNotFoundError`` if ``path`` does not exist and
-    ``ValueError`` if it is not a file Pillow can decode; both name the file.
+    ``ValueError`` if it is not a file Pillow can decode, or if it declares
+    more than ``max_pixels`` pixels (default :data:`MAX_PIXELS`; checked from
+    the header, before anything is decoded); all name the file.
     """
+    import warnings
+
     Image = _pil()
     path = Path(os.fspath(path))
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if not path.is_file():
         raise ValueError(f"not an image file (it is a directory or special file): {path}")
+    max_pixels = int(max_pixels)
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels expected a positive pixel count, found {max_pixels}")
+    too_large = "{path}: expected an image of at most {limit:,} pixels, found {found} (raise the limit with --max-pixels, or max_pixels= in Python)"
+    # Pillow's own bomb check runs inside Image.open at MAX_IMAGE_PIXELS (error at twice that); a caller who
+    # raises max_pixels above it has asked for those images, so Pillow's limit follows for this one call.
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    raise_pillow = pillow_limit is not None and max_pixels > pillow_limit
+    found = None
     try:
-        with Image.open(path) as pil:
-            rgb = pil.convert("RGB")
-    except (Image.UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read {path} as an image: {err}") from err
+        with warnings.catch_warnings():
+            # the size check below decides; Pillow's warning would only add lines to stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if raise_pillow:
+                Image.MAX_IMAGE_PIXELS = max_pixels
+            try:
+                with Image.open(path) as pil:
+                    width, height = pil.size
+                    if width * height > max_pixels:
+                        found = f"{width}x{height} = {width * height:,} pixels"
+                    else:
+                        rgb = pil.convert("RGB")
+            finally:
+                if raise_pillow:
+                    Image.MAX_IMAGE_PIXELS = pillow_limit
+    except Image.DecompressionBombError as err:
+        found = _pixel_count(str(err))
+    except MemoryError:
+        raise ValueError(f"cannot read {path} as an image: not enough memory to decode it") from None
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types on a damaged file (OSError, SyntaxError, struct.error, EOFError, ...)
+        raise ValueError(f"cannot read {path} as an image: {type(err).__name__}: {' '.join(str(err).split())[:200]}") from None
+    if found is not None:
+        raise ValueError(too_large.format(path=path, limit=max_pixels, found=found))
     return np.array(rgb, dtype=np.uint8)
 
 

@@ -14,16 +14,22 @@ plain arrays keyed by layer name, and assigns them with exact shape checks:
 :func:`assign_state_dict` fills a model straight from an in-memory torch state dict.
 Every failure is a :class:`WeightsError` (a ``ValueError``) with a one-line
 message naming the file, the layer, what was expected and what was found, and
-the model is left untouched (nothing half-assigned).
+the model is left untouched (nothing half-assigned). The file is read only
+through :mod:`weights_import._h5`, which turns every h5py/libhdf5 error into
+such a message and refuses links, virtual, external or never-written datasets
+and malformed attributes before anything is read; only arrays whose shapes
+the model predicts are allocated.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import numpy as np
 
+from . import _h5
 from . import keras as _keras
 from . import torch as _torch
 from ._assign import assign, match
@@ -43,38 +49,39 @@ def _open(path):
         raise WeightsError(f"{path}: expected an HDF5 weights file, found no such file")
     if os.path.isdir(path):
         raise WeightsError(f"{path}: expected an HDF5 weights file, found a directory")
-    if not h5py.is_hdf5(path):
+    with _h5.guard(path, "file"):
+        signed = h5py.is_hdf5(path)
+    if not signed:
         raise WeightsError(f"{path}: expected an HDF5 weights file, found a file without the HDF5 signature")
     try:
         return h5py.File(path, "r")
-    except OSError as err:
-        raise WeightsError(f"{path}: expected a readable HDF5 file, found it truncated or corrupt ({' '.join(str(err).split())})") from None
+    except _h5._HDF5_ERRORS as err:
+        raise WeightsError(f"{path}: expected a readable HDF5 file, found it truncated or corrupt ({_h5.one_line(err)})") from None
 
 
 @contextlib.contextmanager
 def _reading(path):
-    """Open ``path`` for reading; an OSError while it is open (a truncated dataset) becomes a WeightsError."""
+    """Open ``path`` for reading; any h5py/libhdf5 error while it is open becomes a one-line WeightsError."""
     origin = os.fspath(path)
-    try:
-        with _open(path) as h5file:
+    with _h5.guard(origin, "file"):
+        h5file = _open(path)
+        with h5file:
             yield h5file
-    except OSError as err:
-        raise WeightsError(f"{origin}: expected a readable HDF5 file, found an error while reading ({' '.join(str(err).split())})") from None
 
 
 def _layout_of(h5file, origin: str) -> str:
-    import h5py
-
-    if "layer_names" in h5file.attrs:
+    if _h5.has_attr(h5file, "layer_names", origin, "/"):
         return "keras_h5"
-    if isinstance(h5file.get("model_weights"), h5py.Group) and "layer_names" in h5file["model_weights"].attrs:
+    model_weights = _h5.child(h5file, "model_weights", origin, "")
+    if hasattr(model_weights, "keys") and _h5.has_attr(model_weights, "layer_names", origin, "model_weights"):
         return "keras_h5_model"
-    if isinstance(h5file.get("layers"), h5py.Group):
+    if hasattr(_h5.child(h5file, "layers", origin, ""), "keys"):
         return "keras3_weights"
-    if h5file.attrs.get("format") == "torch_state_dict":
+    if _h5.has_attr(h5file, "format", origin, "/") and _h5.attr_string(h5file, "format", origin, "/") == "torch_state_dict":
         return "torch_state_dict"
-    keys = list(h5file)
-    if keys and all(isinstance(h5file[k], h5py.Dataset) and _torch.split_key(k)[1] in _torch.TENSOR_SUFFIXES for k in keys):
+    keys = _h5.members(h5file, origin, "/")
+    if keys and all(_torch.split_key(k)[1] in _torch.TENSOR_SUFFIXES and not hasattr(_h5.child(h5file, k, origin, ""), "keys")
+                    for k in keys):
         return "torch_state_dict"
     raise WeightsError(
         f"{origin}: expected a known weights layout (root attribute layer_names, group model_weights/ or layers/, "
@@ -92,10 +99,10 @@ def _entries(h5file, layout: str, model, origin: str) -> dict:
     if layout == "keras_h5":
         return _keras.h5_entries(h5file, origin)
     if layout == "keras_h5_model":
-        return _keras.h5_entries(h5file["model_weights"], origin)
+        return _keras.h5_entries(_h5.child(h5file, "model_weights", origin, "", "group"), origin, "/model_weights")
     if layout == "keras3_weights":
         return _keras.keras3_entries(h5file, model, origin)
-    return _torch.entries_from_sources(model, _torch.h5_sources(h5file), origin)
+    return _torch.entries_from_sources(model, _torch.h5_sources(h5file, origin), origin)
 
 
 def load(path, model) -> None:
@@ -110,31 +117,46 @@ def load(path, model) -> None:
         assign(model, _entries(h5file, _layout_of(h5file, origin), model, origin), origin)
 
 
-def read(path) -> dict[str, dict[str, np.ndarray]]:
+def read(path, max_bytes: int | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Every stored array as ``{layer key: {weight name: array}}`` in the file's own layout (no conversion).
 
     Keys are Keras layer names (``keras_h5*``), auto-names (``keras3_weights``,
     followed by the stored layer name in parentheses when the file has it)
     or torch module paths (``torch_state_dict``); weight names as stored
     (``kernel:0``, ``0``, ``weight``, ...).
+
+    Without a model to predict the shapes, the arrays declared in the file may
+    take at most ``max_bytes`` in all (default: the file's size, which arrays
+    stored uncompressed never exceed); a larger declaration, such as a
+    compressed file, raises :class:`WeightsError` naming the total before
+    anything is read.
     """
     origin = os.fspath(path)
     with _reading(path) as h5file:
         stored = _stored_items(h5file, _layout_of(h5file, origin), origin)
+        limit = os.path.getsize(origin) if max_bytes is None else int(max_bytes)
+        total = sum(math.prod(src.shape) * np.dtype(src.dtype).itemsize for items in stored.values() for _, src in items)
+        if total > limit:
+            raise WeightsError(f"{origin}: expected arrays of at most {limit} bytes in all "
+                               f"({'the file size' if max_bytes is None else 'max_bytes'}), found {total} bytes declared "
+                               f"(pass read(path, max_bytes=...) to allow more)")
+        _h5.check_disjoint([span for items in stored.values() for _, src in items for span in src.extents], origin)
         return {key: {name: src.read(src.dtype) for name, src in items} for key, items in stored.items()}
 
 
 def _stored_items(h5file, layout: str, origin: str) -> dict:
     """``{layer key: [(weight name, Source)]}`` as stored, without reading any array."""
     if layout in ("keras_h5", "keras_h5_model"):
-        group = h5file if layout == "keras_h5" else h5file["model_weights"]
-        return {name: [(src.key.rsplit("/", 1)[-1], src) for _, src in items]
-                for name, items in _keras.h5_entries(group, origin).items()}
+        if layout == "keras_h5":
+            entries = _keras.h5_entries(h5file, origin)
+        else:
+            entries = _keras.h5_entries(_h5.child(h5file, "model_weights", origin, "", "group"), origin, "/model_weights")
+        return {name: [(src.key.rsplit("/", 1)[-1], src) for _, src in items] for name, items in entries.items()}
     if layout == "keras3_weights":
         return {(f"{auto} ({name})" if name else auto): [(str(i), s) for i, s in enumerate(sources)]
                 for auto, name, sources in _keras.keras3_groups(h5file, origin)}
     out: dict[str, list] = {}
-    for key, src in _torch.h5_sources(h5file).items():
+    for key, src in _torch.h5_sources(h5file, origin).items():
         module, tensor = _torch.split_key(key)
         if tensor not in _torch.SKIPPED_SUFFIXES:
             out.setdefault(module, []).append((tensor, src))

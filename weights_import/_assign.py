@@ -40,22 +40,27 @@ class Source:
     dtype: np.dtype
     read: Callable[[np.dtype], np.ndarray]
     transform: Transform = field(default=IDENTITY)
+    #: ``((start, end, what), ...)``: the file bytes of its values and header (none for in-memory arrays).
+    extents: tuple = ()
 
     @property
     def out_shape(self) -> tuple:
         return tuple(self.transform.out_shape(tuple(self.shape)))
 
 
-def dataset_source(dataset, key: str | None = None, transform: Transform = IDENTITY) -> Source:
-    """A :class:`Source` reading an h5py dataset directly into the requested dtype."""
+def dataset_source(dataset, key: str, origin: str, transform: Transform = IDENTITY) -> Source:
+    """A :class:`Source` reading an h5py dataset directly into the requested dtype.
 
-    def read(dtype):
-        out = np.empty(dataset.shape, dtype=dtype)
-        if out.size:
-            dataset.read_direct(out)
-        return out
+    The dataset is vetted now (:func:`weights_import._h5.dataset_info`: no
+    virtual, external, null-dataspace or non-numeric dataset) and its storage
+    when it is read (:func:`weights_import._h5.read_dataset`), so nothing but
+    an array of the declared shape, already checked against the model, is allocated.
+    """
+    from . import _h5
 
-    return Source(key or dataset.name, tuple(dataset.shape), dataset.dtype, read, transform)
+    shape, dtype = _h5.dataset_info(dataset, origin, key)
+    return Source(key, shape, dtype, lambda dt: _h5.read_dataset(dataset, origin, key, dt), transform,
+                  _h5.extents(dataset, origin, key))
 
 
 def array_source(key: str, value, transform: Transform = IDENTITY) -> Source:
@@ -160,7 +165,10 @@ def _read(origin, layer, pname, src, dtype) -> np.ndarray:
 
 def assign(model, entries: dict, origin: str) -> None:
     """Fill ``model`` from ``entries`` (see :func:`match`): all parameters or none."""
+    from ._h5 import check_disjoint
+
     plan = match(model, entries, origin)
+    check_disjoint([span for _, sources in plan for src in sources.values() for span in src.extents], origin)
     staged = []
     for layer, sources in plan:
         current = layer.params

@@ -23,14 +23,9 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
+from . import _h5
 from ._assign import dataset_source, weighted_layers
 from .errors import WeightsError
-
-
-def _decode(values) -> list[str]:
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values)]
 
 
 def _hint(weight_name: str) -> str:
@@ -38,19 +33,23 @@ def _hint(weight_name: str) -> str:
     return base[:-2] if base.endswith(":0") else base
 
 
-def h5_entries(group, origin: str) -> dict:
-    """``{layer name: [(param hint, Source)]}`` for a group with ``layer_names`` (application file or ``model_weights``)."""
+def h5_entries(group, origin: str, path: str = "") -> dict:
+    """``{layer name: [(param hint, Source)]}`` for a group with ``layer_names`` (application file or ``model_weights``).
+
+    ``path`` is the group's path in the file (``""`` for the root), for messages.
+    """
     entries = {}
-    for name in _decode(group.attrs["layer_names"]):
-        if name not in group:
+    for name in _h5.attr_strings(group, "layer_names", origin, path or "/") or []:
+        layer_group = _h5.resolve(group, name, origin, path, "group")
+        if layer_group is None:
             raise WeightsError(f"{origin}: layer '{name}': expected its group (listed in layer_names), found none")
-        layer_group = group[name]
-        weight_names = _decode(layer_group.attrs.get("weight_names", []))
+        layer_path = f"{path}/{name}"
         items = []
-        for weight_name in weight_names:
-            if weight_name not in layer_group:
+        for weight_name in _h5.attr_strings(layer_group, "weight_names", origin, layer_path) or []:
+            dataset = _h5.resolve(layer_group, weight_name, origin, layer_path, "dataset")
+            if dataset is None:
                 raise WeightsError(f"{origin}: layer '{name}': expected dataset '{weight_name}' (listed in weight_names), found none")
-            items.append((_hint(weight_name), dataset_source(layer_group[weight_name])))
+            items.append((_hint(weight_name), dataset_source(dataset, f"{layer_path}/{weight_name}", origin)))
         if items:
             entries[name] = items
     return entries
@@ -70,20 +69,24 @@ def keras3_groups(h5file, origin: str) -> list[tuple[str, str | None, list]]:
 
     Sorted by kind, then by the auto-name's number (``conv2d_2`` before ``conv2d_10``).
     """
-    layers = h5file["layers"]
+    layers = _h5.child(h5file, "layers", origin, "", "group")
     out = []
-    for auto_name in sorted(layers, key=split_auto_name):
-        group = layers[auto_name]
-        vars_group = group.get("vars")
-        if vars_group is None or not len(vars_group):
+    for auto_name in sorted(_h5.members(layers, origin, "layers"), key=split_auto_name):
+        where = f"layers/{auto_name}"
+        group = _h5.child(layers, auto_name, origin, "layers", "group")
+        vars_group = _h5.child(group, "vars", origin, where, "group")
+        if vars_group is None:
+            continue
+        names = _h5.members(vars_group, origin, f"{where}/vars")
+        if not names:
             continue
         try:
-            indices = sorted(vars_group, key=int)
+            indices = sorted(names, key=int)
         except ValueError:
-            raise WeightsError(f"{origin}: layer group 'layers/{auto_name}': expected vars named 0, 1, ..., found {sorted(vars_group)}") from None
-        sources = [dataset_source(vars_group[i], f"layers/{auto_name}/vars/{i}") for i in indices]
-        stored = vars_group.attrs.get("name")
-        out.append((auto_name, _decode(stored)[0] if stored is not None else None, sources))
+            raise WeightsError(f"{origin}: layer group '{where}': expected vars named 0, 1, ..., found {sorted(names)[:6]}") from None
+        sources = [dataset_source(_h5.child(vars_group, i, origin, f"{where}/vars", "dataset"), f"{where}/vars/{i}", origin)
+                   for i in indices]
+        out.append((auto_name, _h5.attr_string(vars_group, "name", origin, f"{where}/vars"), sources))
     return out
 
 

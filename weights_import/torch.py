@@ -161,16 +161,28 @@ def assign_state_dict(model, state_dict, origin: str = "state dict") -> None:
     assign(model, entries_from_sources(model, sources, origin), origin)
 
 
-def h5_sources(h5file) -> dict:
-    """``{state-dict key: Source}`` for every dataset of an HDF5 state dict (group paths joined by '.')."""
-    import h5py
+def h5_sources(h5file, origin: str) -> dict:
+    """``{state-dict key: Source}`` for every dataset of an HDF5 state dict (group paths joined by '.').
+
+    The walk follows hard links only, each object linked once (see
+    :mod:`weights_import._h5`), at most ``MAX_DEPTH`` groups deep.
+    """
+    from . import _h5
 
     sources = {}
 
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset):
-            key = name.replace("/", ".")
-            sources[key] = dataset_source(obj, key)
+    def walk(group, path, depth):
+        if depth > _h5.MAX_DEPTH:
+            raise WeightsError(f"{origin}: group {path!r}: expected at most {_h5.MAX_DEPTH} nested groups, found deeper nesting")
+        for name in _h5.members(group, origin, path or "/"):
+            obj = _h5.child(group, name, origin, path)
+            key = f"{path}/{name}" if path else name
+            if hasattr(obj, "keys"):
+                walk(obj, key, depth + 1)
+            else:
+                sources[key.replace("/", ".")] = dataset_source(obj, key.replace("/", "."), origin)
+            if len(sources) > _h5.MAX_NAMES:
+                raise WeightsError(f"{origin}: expected at most {_h5.MAX_NAMES} state-dict tensors, found more")
 
-    h5file.visititems(visit)
+    walk(h5file, "", 0)
     return sources

@@ -77,12 +77,49 @@ def check_target(target: int | None, num_classes: int) -> int | None:
     return target
 
 
-def check_images(paths) -> None:
+def add_image_arguments(parser) -> None:
+    """``--max-pixels``: the largest image decoded (checked from the file's header, before decoding)."""
+    from ..preprocess import MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help=f"refuse images of more pixels (width x height) than this before decoding them (default: {MAX_PIXELS:,})")
+
+
+def check_images(paths, max_pixels: int | None = None) -> None:
     """Decode every image once, so that a bad one stops the run before any output or progress bar."""
-    from ..preprocess import load_image
+    from ..preprocess import MAX_PIXELS, load_image
 
     for path in paths:
-        load_image(path)
+        load_image(path, MAX_PIXELS if max_pixels is None else max_pixels)
+
+
+def explain_checked(loaded: "LoadedModel", x, **kwargs):
+    """:func:`rlrp_ref.explain.explain` with numpy's floating-point warnings kept off stderr.
+
+    When the logits or the relevance come out NaN or infinite (weights or an
+    input too large for the dtype), raise a one-line ``ValueError`` naming the
+    first layer whose output (forward) or relevance (backward) is not finite.
+    The check costs one pass over the final arrays; the layer is searched only then.
+    """
+    from ..explain import explain
+
+    model = loaded.model
+    hint = "weights or input too large" + ("; try --dtype float64" if loaded.dtype == np.float32 else "")
+    with np.errstate(all="ignore"):
+        result = explain(model, x, **kwargs)
+        if not np.isfinite(result.logits).all():
+            for name, out in model.trace(x).items():
+                if not np.isfinite(out).all():
+                    bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+                    raise ValueError(f"the forward pass overflowed at layer '{name}' ({model.get_layer(name).kind}): "
+                                     f"{bad} of its {out.size} outputs are NaN or inf in {loaded.dtype.name} ({hint})")
+            raise ValueError(f"the forward pass gave NaN or inf logits in {loaded.dtype.name} ({hint})")
+        if not np.isfinite(result.relevance).all():
+            where = next((f" at layer '{r.name}' ({r.kind})" for r in result.ledger
+                          if not (np.isfinite(r.l1_in).all() and np.isfinite(r.l1_out).all())), "")
+            raise ValueError(f"the {kwargs.get('method', 'rlrp')} relevance became NaN or inf{where} in "
+                             f"{loaded.dtype.name} ({hint})")
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -149,25 +186,54 @@ def _dtype(text: str, arch: str) -> np.dtype:
     return np.dtype(text)
 
 
+def _simple_cnn_kernels(info: dict) -> dict:
+    """``{layer: kernel shape in Keras layout}`` of the conv and dense layers of an inspected file, any layout.
+
+    Keras ``.h5``: the ``kernel`` weights by layer name. Keras 3 ``.weights.h5``:
+    the first var of each ``conv2d*``/``dense*`` group, numbered in order
+    (``conv2d``, ``conv2d_1``, ...). torch state dict: ``<layer>.weight`` moved
+    to Keras layout (conv ``(out, in, kh, kw) -> (kh, kw, in, out)``, Linear transposed).
+    """
+    from weights_import.keras import split_auto_name
+
+    kernels = {}
+    if info["layout"] == "keras3_weights":
+        numbered: dict[str, list] = {}
+        for key, items in info["layers"]:
+            kind, number = split_auto_name(key.split(" ", 1)[0])
+            if kind in ("conv2d", "dense") and items:
+                numbered.setdefault(kind, []).append((number, items[0][1]))
+        for kind, found in numbered.items():
+            for i, (_, shape) in enumerate(sorted(found)):
+                kernels[kind if i == 0 else f"{kind}_{i}"] = tuple(shape)
+        return kernels
+    for key, items in info["layers"]:
+        for name, shape, _ in items:
+            if info["layout"] == "torch_state_dict" and name == "weight":
+                kernels[key] = tuple(shape[2:]) + tuple(shape[1::-1]) if len(shape) == 4 else tuple(shape[::-1])
+            elif info["layout"] != "torch_state_dict" and name.split(":")[0] == "kernel":
+                kernels[key] = tuple(shape)
+    return kernels
+
+
 def _simple_cnn_config(path: str) -> dict:
     """Input shape, classes, filters and dense units of a simple-CNN weights file, read from its array shapes.
 
-    Falls back to the shapes configuration when the file does not look like a
-    simple CNN; loading then fails with a message naming the mismatching layer.
+    Works for every layout :func:`weights_import.inspect` reads. Falls back to
+    the shapes configuration when the file does not look like a simple CNN;
+    loading then fails with a message naming the mismatching layer.
     """
     import weights_import
 
     from ..models.simple_cnn import DATASET_CONFIGS
 
-    info = weights_import.inspect(path, fits=False)
-    kernels = {key: dict((name.split(":")[0], shape) for name, shape, _ in items) for key, items in info["layers"]}
-    try:
-        k1, k2 = kernels["conv2d"]["kernel"], kernels["conv2d_1"]["kernel"]
-        d1, d2 = kernels["dense"]["kernel"], kernels["dense_1"]["kernel"]
-        side = 4 * math.isqrt(d1[0] // k2[3])
-        if side * side * k2[3] != 16 * d1[0]:
-            raise KeyError("dense")
-    except (KeyError, IndexError, ValueError, ZeroDivisionError):
+    kernels = _simple_cnn_kernels(weights_import.inspect(path, fits=False))
+    ranks = {"conv2d": 4, "conv2d_1": 4, "dense": 2, "dense_1": 2}
+    if any(len(kernels.get(name, ())) != rank or min(kernels[name]) < 1 for name, rank in ranks.items()):
+        return dict(DATASET_CONFIGS["shapes"])
+    k1, k2, d1, d2 = (kernels[name] for name in ranks)
+    side = 4 * math.isqrt(d1[0] // k2[3])
+    if side < 4 or side * side * k2[3] != 16 * d1[0]:
         return dict(DATASET_CONFIGS["shapes"])
     return {"input_shape": (side, side, k1[2]), "num_classes": d2[1], "filters": (k1[3], k2[3]), "dense_units": d1[1]}
 

@@ -11,8 +11,10 @@ relevance, ``(H, W, C)``). PNGs of inputs smaller than 128 pixels are enlarged
 by an integer factor (nearest neighbour).
 
 Every input is checked first (architecture, method, target, weights, each
-image decoded once), and the files are written through a staging folder, so
-an error leaves no output folder and no partial file.
+image decoded once; an image of more than ``--max-pixels`` pixels is refused
+from its header, before decoding), and the files are written through a staging
+folder, so an error leaves no output folder and no partial file. A forward or
+backward pass that overflows the dtype stops with one line naming the layer.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _common.add_model_arguments(p, default_weights=None)
+    _common.add_image_arguments(p)
     p.add_argument("--out", default="rlrp-heatmaps", help="output folder (default: ./rlrp-heatmaps)")
     p.add_argument("--overlay", action="store_true", help="also write the heatmap blended over the input image")
     p.add_argument("--save-npy", action="store_true", help="also write the input relevance as .npy")
@@ -41,7 +44,6 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Check every input, then explain each image and write its files through a staging folder; exit code 0."""
-    from ..explain import explain
     from ..heatmap import overlay, render, save_png
 
     _common.check_arch(args.arch)
@@ -50,7 +52,7 @@ def run(args) -> int:
     out = check_out_dir(args.out)
     loaded = _common.load_model(args.arch, args.weights, args.variant, args.size, args.dtype)
     _common.check_target(target, loaded.num_classes)
-    _common.check_images(args.images)
+    _common.check_images(args.images, args.max_pixels)
     params = loaded.method_params(method)
 
     from ..preprocess import load_image
@@ -59,8 +61,8 @@ def run(args) -> int:
     written = 0
     with staged_dir(out) as tmp:
         for path, stem in zip(_common.progress(args.images, "explain"), stems):
-            x, shown = loaded.prepare(load_image(path))
-            result = explain(loaded.model, x, target=target, method=method, **params)
+            x, shown = loaded.prepare(load_image(path, args.max_pixels))
+            result = _common.explain_checked(loaded, x, target=target, method=method, **params)
             logits = result.logits[0]
             explained = int(result.target[0])
             print(f"{path}:")

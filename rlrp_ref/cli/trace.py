@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("image", nargs="?", metavar="IMAGE", help="image file (default: a bundled test sample)")
     _common.add_model_arguments(p, default_weights="shapes")
+    _common.add_image_arguments(p)
     p.add_argument("--sample", type=int, default=0, help="index into the bundled test split when no IMAGE is given (default: 0)")
     p.set_defaults(func=run)
 
@@ -59,7 +60,6 @@ def bundled_sample(dataset: str, index: int, dtype) -> tuple[np.ndarray, int]:
 
 def run(args) -> int:
     """Explain one input and print the ledger table and the conservation check; exit code 0."""
-    from ..explain import explain
     from ..preprocess import load_image
 
     _common.check_arch(args.arch)
@@ -68,14 +68,14 @@ def run(args) -> int:
     loaded = _common.load_model(args.arch, args.weights, args.variant, args.size, args.dtype)
     _common.check_target(target, loaded.num_classes)
     if args.image is not None:
-        x, _ = loaded.prepare(load_image(args.image))
+        x, _ = loaded.prepare(load_image(args.image, args.max_pixels))
         source, label = args.image, None
     else:
         if loaded.dataset is None:
             raise ValueError(f"trace: give an IMAGE for --arch {args.arch} --weights {args.weights} (bundled samples exist only for --arch simple_cnn --weights shapes or digits)")
         x, label = bundled_sample(loaded.dataset, args.sample, loaded.dtype)
         source = f"bundled {loaded.dataset} test sample {args.sample} (true class {loaded.class_names[label]})"
-    result = explain(loaded.model, x, target=target, method=method, keep_layers=True, **loaded.method_params(method))
+    result = _common.explain_checked(loaded, x, target=target, method=method, keep_layers=True, **loaded.method_params(method))
     logits = result.logits[0]
     print(f"model: {loaded.arch} ({loaded.variant}), weights {args.weights}, {loaded.dtype.name}")
     print(f"input: {source}, shape {x.shape[1:]}")
