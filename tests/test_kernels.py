@@ -283,6 +283,16 @@ def test_winograd_choice():
     assert kernels.current_conv_algorithm() == "auto"
 
 
+def test_moved_names_say_where_they_went():
+    with pytest.raises(AttributeError, match=r"rlrp_ref.kernels.PARALLEL_MIN_WORK is rlrp_ref.kernels.tuning.PARALLEL_MIN_WORK"):
+        kernels.PARALLEL_MIN_WORK  # noqa: B018
+    with pytest.raises(AttributeError, match="current_conv_algorithm"):
+        kernels.CONV_ALGORITHM  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_kernel'"):
+        kernels.no_such_kernel  # noqa: B018
+    assert kernels.tuning.PARALLEL_MIN_WORK == 1 << 20
+
+
 def test_conv_algorithm_does_not_leak_across_threads():
     """A ``with conv_algorithm(...)`` block holds for its own thread only, while another thread runs in its own block."""
     import threading

@@ -66,3 +66,16 @@ __all__ = [
     "set_num_threads", "threads", "tuning", "winograd", "winograd_conv", "winograd_fused_applies",
     "winograd_kernel", "windows", "workspace",
 ]
+
+
+def __getattr__(name):
+    """Names of the single-module kernels that moved: say where, instead of a bare AttributeError.
+
+    The tuning constants are not copied here on purpose: setting a copy would change nothing.
+    """
+    if name in tuning.__dict__ and name.isupper():
+        raise AttributeError(f"rlrp_ref.kernels.{name} is rlrp_ref.kernels.tuning.{name} (read and set it there)")
+    if name == "CONV_ALGORITHM":
+        raise AttributeError("rlrp_ref.kernels.CONV_ALGORITHM is gone: conv_algorithm(name) sets the algorithm for the "
+                             "calling thread, current_conv_algorithm() reads it")
+    raise AttributeError(f"module 'rlrp_ref.kernels' has no attribute {name!r}")

@@ -138,7 +138,8 @@ def _winograd_applies(kernel_shape, strides, out_hw, dtype, batch: int = 1) -> b
     ho, wo = out_hw
     tiles = batch * (-(-ho // 2)) * (-(-wo // 2))
     return (np.dtype(dtype) == np.float32 and min(cin, cout) >= tuning.WINOGRAD_MIN_CHANNELS
-            and 4 * tiles <= (1 + tuning.WINOGRAD_MAX_WASTE) * batch * ho * wo and tiles * cin * cout >= tuning.WINOGRAD_MIN_GEMM)
+            and 4 * tiles <= (1 + tuning.WINOGRAD_MAX_WASTE) * batch * ho * wo
+            and tiles * cin * cout >= tuning.WINOGRAD_MIN_GEMM)
 
 
 def conv2d_forward(x, kernel, bias, strides, pads) -> np.ndarray:

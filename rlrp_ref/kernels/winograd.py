@@ -21,7 +21,8 @@ of G (points 0 and infinity swap: ``G J = P G``), so the vjp (the convolution
 with the flipped, channel-swapped kernel) reuses the forward's ``U``.
 
 Which convolutions take it is chosen in :mod:`rlrp_ref.kernels.convolution`
-(``_winograd_applies``, :func:`~rlrp_ref.kernels.conv_algorithm`). On large maps with few channels it runs fused, band by band in cache (with
+(``_winograd_applies``, :func:`~rlrp_ref.kernels.conv_algorithm`). On large
+maps with few channels it runs fused, band by band in cache (with
 threadpoolctl): :func:`winograd_fused_applies`.
 """
 
@@ -135,7 +136,9 @@ def _tile_gemms(v, u, flip, m):
 
 def winograd_fused_applies(n, th, tw, c, k_out, itemsize) -> bool:
     """Whether :func:`winograd_conv` takes the fused route (see :data:`~rlrp_ref.kernels.tuning.WINOGRAD_FUSED_MIN_BYTES`)."""
-    if tuning.WINOGRAD_FUSED_MIN_BYTES <= 0 or max(c, k_out) > tuning.WINOGRAD_FUSED_MAX_CHANNELS or _blas_controller() is None:
+    if tuning.WINOGRAD_FUSED_MIN_BYTES <= 0 or max(c, k_out) > tuning.WINOGRAD_FUSED_MAX_CHANNELS:
+        return False
+    if _blas_controller() is None:
         return False
     return 16 * n * th * tw * max(c, k_out) * itemsize >= tuning.WINOGRAD_FUSED_MIN_BYTES
 
