@@ -26,7 +26,7 @@ import time
 import h5py
 import numpy as np
 
-from rlrp_ref import models
+from rlrp_ref import models, runtime
 
 from memory import peak_mb, reset_peak, rss_mb  # benchmarks/memory.py
 
@@ -68,6 +68,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--method", default="rlrp")
     args = parser.parse_args(argv)
+    runtime.tune()  # glibc keeps freed memory, as in the CLI (rlrp_ref/runtime.py)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "vgg16_weights.h5")

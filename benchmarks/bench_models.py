@@ -36,11 +36,11 @@ The bound counts the FLOPs of a direct (im2col) convolution. In float32,
 rlrp_ref runs VGG's 3x3 convolutions by Winograd F(2x2, 3x3), which does 2.25x
 fewer multiply-adds, so a ratio to the bound can fall below 1.
 
-Our workers import ``rlrp_ref`` before NumPy (as ``import rlrp_ref`` in a
-user's script does), which sets ``OPENBLAS_THREAD_TIMEOUT=16`` unless it is set
-(see ``rlrp_ref/__init__.py``) and lets glibc keep freed memory for reuse
-(``rlrp_ref.runtime``; ``RLRP_REF_KEEP_FREED_MEMORY=0`` turns it off), and run
-the element-wise passes on as many threads as BLAS
+This script sets ``OPENBLAS_THREAD_TIMEOUT=16`` for itself and its workers
+before NumPy loads (unless it is set already: OpenBLAS reads it only then), and
+every process calls ``rlrp_ref.runtime.tune()``, which lets glibc keep freed
+memory for reuse (``RLRP_REF_KEEP_FREED_MEMORY=0`` turns it off); our workers
+run the element-wise passes on as many threads as BLAS
 (``rlrp_ref.kernels.set_num_threads``). Zennit's workers are this same script,
 so they run with the same process settings.
 
@@ -60,9 +60,13 @@ import sys
 import time
 from pathlib import Path
 
-import rlrp_ref  # (before NumPy, as a user's "import rlrp_ref" would be: see rlrp_ref/__init__.py)
-import numpy as np
-from memory import peak_mb, reset_peak  # benchmarks/memory.py
+# OpenBLAS reads its idle-spin timeout once, when NumPy loads it, and importing rlrp_ref loads NumPy: so the
+# script sets it for itself (and its workers, which inherit it) first (rlrp_ref/runtime.py says why)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+
+import numpy as np  # noqa: E402
+import rlrp_ref  # noqa: E402
+from memory import peak_mb, reset_peak  # noqa: E402  (benchmarks/memory.py)
 
 MODELS = ("vgg16", "vgg19", "resnet50")
 METHODS = ("forward", "rlrp", "epsilon", "epsilon_plus_flat", "epsilon_gamma_box")
@@ -352,6 +356,7 @@ def zennit_available() -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    tuned = rlrp_ref.runtime.tune()  # every process, the workers too: the same process settings for ours and Zennit
     if args.worker:
         args.model, args.dtype, args.batch = args.models[0], args.dtypes[0], args.batches[0]
         fn = ours_worker if args.worker == "ours" else zennit_worker
@@ -364,7 +369,7 @@ def main(argv=None) -> int:
     meta = {
         "machine": platform.machine(), "processor": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads,
         "python": platform.python_version(), "numpy": np.__version__, "blas": blas_info(),
-        "env": {k: os.environ.get(k) for k in ENV_KNOBS}, "keeps_freed_memory": rlrp_ref.runtime.KEPT_AT_IMPORT,
+        "env": {k: os.environ.get(k) for k in ENV_KNOBS}, "keeps_freed_memory": tuned.keeps_freed_memory,
         "variant": args.variant, "side": args.side,
         "repeats": args.repeats, "rounds": args.rounds, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

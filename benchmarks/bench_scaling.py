@@ -28,8 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-import rlrp_ref  # noqa: F401  (before NumPy, as a user's "import rlrp_ref" would be: see rlrp_ref/__init__.py)
-import numpy as np
+# OpenBLAS reads its idle-spin timeout once, when NumPy loads it, and importing rlrp_ref loads NumPy: so the
+# script sets it for itself first (rlrp_ref/runtime.py says why); runtime.tune() in main() makes the glibc setting
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+
+import numpy as np  # noqa: E402
 
 
 def time_points(model, points: list[dict], methods, rounds: int, dtype) -> None:
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
 
     from rlrp_ref import kernels, models, runtime
 
+    tuned = runtime.tune()
     threadpool_limits(args.threads)
     kernels.set_num_threads(args.threads)  # the element-wise passes use as many threads as BLAS
     for lib in threadpool_info():
@@ -131,7 +135,7 @@ def main(argv=None) -> int:
     knobs = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")
                       if k in os.environ)
     print(f"env: {knobs or 'OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE and OPENBLAS_THREAD_TIMEOUT not set'}; "
-          f"glibc keeps freed memory (rlrp_ref.runtime): {'yes' if runtime.KEPT_AT_IMPORT else 'no'}")
+          f"glibc keeps freed memory (rlrp_ref.runtime): {'yes' if tuned.keeps_freed_memory else 'no'}")
     model = models.build(args.model, variant=args.variant, weights="random", dtype=args.dtype)
 
     reference = {"side": 224, "batch": 1}

@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from rlrp_ref import runtime
 from rlrp_ref.attribution import GRADIENT_METHODS
 from rlrp_ref.evaluate import numerical_robustness
 from rlrp_ref.explain import explain
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ig-steps", type=int, default=20, help="integrated gradients steps (default: 20)")
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
+    runtime.tune()  # glibc keeps freed memory, as in the CLI (rlrp_ref/runtime.py)
 
     def log(message):
         print(message, file=sys.stderr, flush=True)

@@ -78,7 +78,7 @@ def test_keras_files_give_keras_logits(tmp_path, name):
     del km
     assert weights_import.detect_layout(legacy) == "keras_h5_model"
     assert weights_import.detect_layout(keras3) == "keras3_weights"
-    fits = weights_import.inspect(keras3)["fits"]
+    fits = models.inspect(keras3)["fits"]
     assert [(f["builder"], f["variant"], f["include_top"], f["num_classes"]) for f in fits] == [(name, "keras", True, 1000)]
     for path in (legacy, keras3):
         model = models.build(name, variant="keras", input_shape=(size, size, 3), weights=path)

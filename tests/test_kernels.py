@@ -13,7 +13,7 @@ TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=1e-4, ato
 @pytest.fixture(params=["gather", "scatter"])
 def route(request, monkeypatch):
     """Force the vjp route where both apply (the threshold otherwise picks it by shape)."""
-    monkeypatch.setattr(kernels, "GATHER_MIN_PIXELS_PER_FILTER", 0 if request.param == "gather" else 10**9)
+    monkeypatch.setattr(kernels.tuning, "GATHER_MIN_PIXELS_PER_FILTER", 0 if request.param == "gather" else 10**9)
     return request.param
 
 
@@ -64,8 +64,8 @@ def test_float32_stays_float32(rng, route):
 @pytest.mark.parametrize("pool_size", [2, (2, 3), 3])
 def test_blocked_pooling_against_loops(rng, monkeypatch, dtype, threads, mode, pool_size):
     # threads: bands of output rows, one row per chunk
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if threads > 1 else 1 << 20)
-    monkeypatch.setattr(kernels, "MAXPOOL_CHUNK_BYTES", 1)
+    monkeypatch.setattr(kernels.tuning, "PARALLEL_MIN_WORK", 0 if threads > 1 else 1 << 20)
+    monkeypatch.setattr(kernels.tuning, "MAXPOOL_CHUNK_BYTES", 1)
     kernels.set_num_threads(threads)
     x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
     x[0, :2, :3, 0] = 1.5  # ties inside one window
@@ -94,6 +94,24 @@ def test_blocked_winner_matches_windowed_argmax(rng):
     np.testing.assert_array_equal(fast, win.reshape(win.shape[:4] + (4,)).argmax(axis=-1))
 
 
+@pytest.mark.parametrize("pool,strides,pads", [((3, 3), (2, 2), ((1, 1), (1, 1))), ((2, 3), (1, 2), ((0, 1), (1, 0)))])
+def test_overlapping_winner_and_vjp_take_the_first_max(rng, pool, strides, pads):
+    """Padded, overlapping windows (ResNet's 3x3/2): the winner is the first maximum in row-major offset order."""
+    x = np.round(rng.standard_normal((2, 7, 8, 3)))  # many ties
+    xp = kernels.pad_nhwc(x, pads, value=-np.inf)
+    win = kernels.windows(xp, pool, strides)
+    want = win.reshape(win.shape[:4] + (pool[0] * pool[1],)).argmax(axis=-1)
+    winner = kernels.maxpool_winner(x, pool, strides, pads)
+    np.testing.assert_array_equal(winner, want)
+    g = rng.standard_normal(winner.shape)
+    dx = np.zeros(xp.shape)
+    for n, p, q, c in np.ndindex(*winner.shape):  # the oracle: each gradient to its window's first maximum
+        i, j = divmod(int(want[n, p, q, c]), pool[1])
+        dx[n, p * strides[0] + i, q * strides[1] + j, c] += g[n, p, q, c]
+    np.testing.assert_allclose(kernels.maxpool_vjp(x, g, pool, strides, pads), kernels.crop_nhwc(dx, pads),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_pad_nhwc_fills_border(rng):
     x = rng.standard_normal((2, 3, 4, 2))
     pads = ((1, 2), (0, 3))
@@ -105,8 +123,8 @@ def test_pad_nhwc_fills_border(rng):
 @pytest.mark.parametrize("channels_first_below", [0, 100])
 @pytest.mark.parametrize("strides", [1, 2])
 def test_col2im_both_layouts_against_loops(rng, monkeypatch, channels_first_below, strides):
-    monkeypatch.setattr(kernels, "COL2IM_CHANNELS_FIRST_BELOW", channels_first_below)
-    monkeypatch.setattr(kernels, "GATHER_MIN_PIXELS_PER_FILTER", 10**9)
+    monkeypatch.setattr(kernels.tuning, "COL2IM_CHANNELS_FIRST_BELOW", channels_first_below)
+    monkeypatch.setattr(kernels.tuning, "GATHER_MIN_PIXELS_PER_FILTER", 10**9)
     x = rng.standard_normal((2, 7, 6, 9))
     k = rng.standard_normal((3, 2, 9, 4))
     layer = rr.Conv2D(k, strides=strides, padding="same")
@@ -122,21 +140,19 @@ def test_conv_scratch_buffers_are_freed_after_each_pass(algorithm):
                            rr.GlobalAvgPool2D(), rr.Dense(rng.standard_normal((4, 3)))])
     x = rng.standard_normal((2, 40, 40, 2))
     seen = []
-    original = kernels._scratch
+    original = kernels.scratch.buffer
 
     def spy(shape, dtype, slot="im2col"):
         out = original(shape, dtype, slot)
         seen.append(slot in kernels._workspace.buffers)
         return out
 
-    kernels._scratch = spy
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels.scratch, "buffer", spy)
         with kernels.conv_algorithm(algorithm):
             for run in (model.forward, model.trace, lambda v: model.vjp(v, np.ones((2, 3))), lambda v: rr.explain(model, v)):
                 run(x)
                 assert kernels._workspace.buffers == {} and kernels._workspace.kernels == {}
-    finally:
-        kernels._scratch = original
     assert seen and all(seen)  # the buffers were in use during the passes
 
 
@@ -155,11 +171,11 @@ def winograd_route(request, monkeypatch):
     """Force one of winograd_conv's two routes; the fused one in chunks of one tile row, on 2 threads."""
     if request.param == "fused":
         pytest.importorskip("threadpoolctl", reason="the fused Winograd route needs threadpoolctl (the 'fast' extra)")
-        monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", 1)
-        monkeypatch.setattr(kernels, "WINOGRAD_CHUNK_BYTES", 1)
+        monkeypatch.setattr(kernels.tuning, "WINOGRAD_FUSED_MIN_BYTES", 1)
+        monkeypatch.setattr(kernels.tuning, "WINOGRAD_CHUNK_BYTES", 1)
         kernels.set_num_threads(2)
     else:
-        monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", 0)
+        monkeypatch.setattr(kernels.tuning, "WINOGRAD_FUSED_MIN_BYTES", 0)
     yield request.param
     kernels.set_num_threads(None)
 
@@ -204,8 +220,8 @@ def test_winograd_fused_route_is_the_layered_route(rng, winograd, monkeypatch):
     blas_threads = [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
     results = {}
     for fused_min_bytes, chunk_bytes in ((0, 1 << 21), (1, 1), (1, 1 << 21)):
-        monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", fused_min_bytes)
-        monkeypatch.setattr(kernels, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(kernels.tuning, "WINOGRAD_FUSED_MIN_BYTES", fused_min_bytes)
+        monkeypatch.setattr(kernels.tuning, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
         for threads in (1, 2):
             kernels.set_num_threads(threads)
             y = kernels.conv2d_forward(x, k, b, (1, 1), ((1, 1), (1, 1)))
@@ -224,15 +240,15 @@ def test_winograd_fused_route_is_the_layered_route(rng, winograd, monkeypatch):
 
 def test_winograd_fused_route_choice(monkeypatch):
     # VGG16's 224x224x64 layer at batch 1: 16 x 112 x 112 x 64 float32 tiles, 51 MB; its 112x112x128 layers 26 MB
-    monkeypatch.setattr(kernels, "_blas_state", {"controller": None, "known": True})  # threadpoolctl missing
+    monkeypatch.setattr(kernels.threads, "_blas_state", {"controller": None, "known": True})  # threadpoolctl missing
     assert not kernels.winograd_fused_applies(1, 112, 112, 64, 64, 4)
     pytest.importorskip("threadpoolctl", reason="the fused Winograd route needs threadpoolctl (the 'fast' extra)")
-    monkeypatch.setattr(kernels, "_blas_state", {"controller": None, "known": False})
+    monkeypatch.setattr(kernels.threads, "_blas_state", {"controller": None, "known": False})
     assert kernels.winograd_fused_applies(1, 112, 112, 64, 64, 4)
     assert not kernels.winograd_fused_applies(1, 56, 56, 128, 128, 4)
     assert kernels.winograd_fused_applies(2, 56, 56, 128, 128, 4)
     assert not kernels.winograd_fused_applies(8, 28, 28, 256, 256, 4)  # 103 MB, but GEMMs dense enough for BLAS
-    monkeypatch.setattr(kernels, "WINOGRAD_FUSED_MIN_BYTES", 0)
+    monkeypatch.setattr(kernels.tuning, "WINOGRAD_FUSED_MIN_BYTES", 0)
     assert not kernels.winograd_fused_applies(8, 112, 112, 64, 64, 4)
 
 
@@ -264,7 +280,52 @@ def test_winograd_choice():
         assert kernels._winograd_applies((3, 3, 3, 64), same, (7, 7), np.float64)
     with pytest.raises(ValueError, match="expected 'auto', 'winograd' or 'im2col', found 'fft'"):
         kernels.conv_algorithm("fft")
-    assert kernels.CONV_ALGORITHM == "auto"
+    assert kernels.current_conv_algorithm() == "auto"
+
+
+def test_moved_names_say_where_they_went():
+    with pytest.raises(AttributeError, match=r"rlrp_ref.kernels.PARALLEL_MIN_WORK is rlrp_ref.kernels.tuning.PARALLEL_MIN_WORK"):
+        kernels.PARALLEL_MIN_WORK  # noqa: B018
+    with pytest.raises(AttributeError, match="current_conv_algorithm"):
+        kernels.CONV_ALGORITHM  # noqa: B018
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_kernel'"):
+        kernels.no_such_kernel  # noqa: B018
+    assert kernels.tuning.PARALLEL_MIN_WORK == 1 << 20
+
+
+def test_conv_algorithm_does_not_leak_across_threads():
+    """A ``with conv_algorithm(...)`` block holds for its own thread only, while another thread runs in its own block."""
+    import threading
+
+    inside, done = threading.Barrier(2), threading.Event()
+    seen = {}
+
+    def other():
+        with kernels.conv_algorithm("winograd"):
+            inside.wait()  # both threads are in their blocks now
+            seen["other"] = (kernels.current_conv_algorithm(),
+                             kernels._winograd_applies((3, 3, 3, 64), (1, 1), (7, 7), np.float64))
+            done.wait()
+        seen["other after"] = kernels.current_conv_algorithm()
+
+    thread = threading.Thread(target=other)
+    with kernels.conv_algorithm("im2col"):
+        thread.start()
+        inside.wait()
+        seen["main"] = (kernels.current_conv_algorithm(),
+                        kernels._winograd_applies((3, 3, 64, 64), (1, 1), (224, 224), np.float32))
+        done.set()
+        thread.join()
+        seen["main after the other's block"] = kernels.current_conv_algorithm()
+    seen["main after"] = kernels.current_conv_algorithm()
+    assert seen == {"other": ("winograd", True), "other after": "auto", "main": ("im2col", False),
+                    "main after the other's block": "im2col", "main after": "auto"}
+    with kernels.conv_algorithm("im2col"):  # a thread started inside a block keeps the default
+        late = []
+        worker = threading.Thread(target=lambda: late.append(kernels.current_conv_algorithm()))
+        worker.start()
+        worker.join()
+    assert late == ["auto"]
 
 
 # --- threads and per-sample sums ---------------------------------------------------
@@ -272,7 +333,7 @@ def test_winograd_choice():
 
 @pytest.fixture
 def threads_everywhere(monkeypatch):
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(kernels.tuning, "PARALLEL_MIN_WORK", 0)
     yield
     kernels.set_num_threads(None)
 
@@ -321,7 +382,7 @@ def test_elementwise_and_channelwise_against_numpy(rng, threads_everywhere):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_multiply_and_sum_is_the_product_and_its_sums(rng, monkeypatch, threads_everywhere, dtype):
-    monkeypatch.setattr(kernels, "SUM_BLOCK", 64)
+    monkeypatch.setattr(kernels.tuning, "SUM_BLOCK", 64)
     a = rng.standard_normal((2, 9, 7, 5)).astype(dtype)
     f = rng.standard_normal(a.shape).astype(dtype)
     want = a * f
@@ -332,21 +393,6 @@ def test_multiply_and_sum_is_the_product_and_its_sums(rng, monkeypatch, threads_
     np.testing.assert_allclose(l1, np.abs(want).reshape(2, -1).astype(np.float64).sum(axis=1), rtol=tol)
     np.testing.assert_array_equal(total, kernels.per_sample_sum(want))
     np.testing.assert_array_equal(l1, kernels.per_sample_sum(want, absolute=True))
-
-
-def test_openblas_spin_timeout_is_set_before_numpy_loads():
-    """Imported before NumPy, rlrp_ref shortens OpenBLAS's idle spin; a user's value, or NumPy first, is left alone."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    show = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
-    run = lambda code, **extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra},  # noqa: E731
-                                                capture_output=True, text=True, check=True).stdout.strip()
-    assert run(f"import rlrp_ref; {show}") == "16"
-    assert run(f"import rlrp_ref; {show}", OPENBLAS_THREAD_TIMEOUT="20") == "20"
-    assert run(f"import numpy, rlrp_ref; {show}") == "None"
 
 
 def test_set_num_threads_rejects_nonsense():
@@ -360,7 +406,7 @@ def test_set_num_threads_rejects_nonsense():
 def test_per_sample_sum_against_fsum(rng, monkeypatch, dtype, shape):
     import math
 
-    monkeypatch.setattr(kernels, "SUM_BLOCK", 1000)  # many blocks
+    monkeypatch.setattr(kernels.tuning, "SUM_BLOCK", 1000)  # many blocks
     a = (rng.standard_normal(shape) * 10).astype(dtype)
     w = rng.standard_normal(shape).astype(dtype)
     a64, w64 = a.astype(np.float64).reshape(shape[0], -1), w.astype(np.float64).reshape(shape[0], -1)
@@ -374,7 +420,7 @@ def test_per_sample_sum_against_fsum(rng, monkeypatch, dtype, shape):
 
 
 def test_add_and_sum_and_per_sample_sums(rng, monkeypatch, threads_everywhere):
-    monkeypatch.setattr(kernels, "SUM_BLOCK", 50)
+    monkeypatch.setattr(kernels.tuning, "SUM_BLOCK", 50)
     kernels.set_num_threads(2)
     a, b = rng.standard_normal((2, 2, 30, 7)), rng.standard_normal((2, 2, 30, 7))
     out, total, l1 = kernels.add_and_sum(a, b)
@@ -385,48 +431,3 @@ def test_add_and_sum_and_per_sample_sums(rng, monkeypatch, threads_everywhere):
     np.testing.assert_array_equal(both[0], total)
     np.testing.assert_array_equal(both[1], l1)
     np.testing.assert_array_equal(both[1], kernels.per_sample_sum(out, absolute=True))
-
-
-# --- glibc's freed memory (rlrp_ref.runtime) ------------------------------------
-
-_RSS_PROBE = """
-import {imports}
-import numpy as np
-
-def rss():
-    return int([line for line in open("/proc/self/status") if line.startswith("VmRSS")][0].split()[1]) // 1024
-
-del [np.ones(1 << 20) for _ in range(2)][:]  # one 8 MB block freed: glibc's own threshold rises to it
-blocks = [np.ones(1 << 20) for _ in range(40)]  # 320 MB in 8 MB blocks
-full = rss()
-del blocks
-kept = full - rss()
-print(rlrp_ref.runtime.KEPT_AT_IMPORT, kept, full - rss() if rlrp_ref.runtime.release_memory() else kept)
-"""
-
-
-def _probe(**env_extra):
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k not in rr.runtime.MALLOC_ENV and k != "RLRP_REF_KEEP_FREED_MEMORY"}
-    out = subprocess.run([sys.executable, "-c", _RSS_PROBE.format(imports="rlrp_ref")], env={**env, **env_extra},
-                         capture_output=True, text=True, check=True).stdout.split()
-    return out[0] == "True", int(out[1]), int(out[2])
-
-
-def test_freed_memory_is_kept_for_reuse_then_released():
-    """With glibc, import rlrp_ref keeps freed blocks (no fresh pages next time) unless told not to; release_memory frees them."""
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        assert rr.runtime.keep_freed_memory() is False and rr.runtime.release_memory() is False
-        return
-    kept, released_at_free, released_after_trim = _probe()
-    assert kept and released_at_free < 40 and released_after_trim > 250, (released_at_free, released_after_trim)
-    for opt_out in ({"RLRP_REF_KEEP_FREED_MEMORY": "0"}, {"MALLOC_TOP_PAD_": "131072"}):
-        kept, released_at_free, _ = _probe(**opt_out)
-        assert not kept and released_at_free > 250, (opt_out, released_at_free)
-    with pytest.raises(ValueError, match="expected an int number of bytes"):
-        rr.runtime.keep_freed_memory(2**31)

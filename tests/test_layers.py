@@ -100,8 +100,8 @@ def test_conv2d_random_shapes(n, h, w, cin, cout, kh, kw, s, padding, seed):
 @pytest.fixture(params=[1, 2])
 def threads(request, monkeypatch):
     """1 thread, or 2 with every pass split into bands of rows, however small; max pooling in its smallest chunks."""
-    monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0 if request.param > 1 else 1 << 20)
-    monkeypatch.setattr(kernels, "MAXPOOL_CHUNK_BYTES", 1)
+    monkeypatch.setattr(kernels.tuning, "PARALLEL_MIN_WORK", 0 if request.param > 1 else 1 << 20)
+    monkeypatch.setattr(kernels.tuning, "MAXPOOL_CHUNK_BYTES", 1)
     kernels.set_num_threads(request.param)
     yield request.param
     kernels.set_num_threads(None)
@@ -163,7 +163,7 @@ def test_pooling_random_shapes(n, h, w, c, p, s, padding, mode, seed):
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
     g = rng.standard_normal(y.shape)
     with pytest.MonkeyPatch.context() as patch:  # max pooling's vjp in chunks of the fewest rows, in two phases
-        patch.setattr(kernels, "MAXPOOL_CHUNK_BYTES", 1)
+        patch.setattr(kernels.tuning, "MAXPOOL_CHUNK_BYTES", 1)
         dx = layer.vjp(x, g)
     np.testing.assert_allclose(dx, pool_vjp(x, g, (p, p), (s, s), padding, mode), rtol=1e-12, atol=1e-12)
 

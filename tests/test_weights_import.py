@@ -564,19 +564,19 @@ def test_inspect_recognises_vgg16_keras_and_notop(tmp_path):
     write_shapes_only(full, shape_model, "keras_h5")
     write_shapes_only(notop, shape_model, "keras_h5", skip=("fc1", "fc2", "predictions"))
     assert os.path.getsize(full) < 1_000_000
-    info = weights_import.inspect(full)
+    info = models.inspect(full)
     assert info["layout"] == "keras_h5" and info["num_params"] == 138_357_544
     assert info["layers"][0] == ("block1_conv1", [("kernel:0", (3, 3, 3, 64), "float32"), ("bias:0", (64,), "float32")])
     assert info["fits"] == [{"builder": "vgg16", "variant": "keras", "include_top": True, "num_classes": 1000,
                              "input_shape": (224, 224, 3)}]
-    fits = weights_import.inspect(notop)["fits"]
+    fits = models.inspect(notop)["fits"]
     assert [(f["builder"], f["variant"], f["include_top"]) for f in fits] == [("vgg16", "keras", False)]
 
 
 def test_inspect_recognises_torchvision_resnet50_with_other_classes(tmp_path):
     path = tmp_path / "resnet50_tv.h5"
     write_shapes_only(path, models.shape_model("resnet50", variant="torchvision", num_classes=10), "torch_state_dict")
-    info = weights_import.inspect(path)
+    info = models.inspect(path)
     assert info["layout"] == "torch_state_dict"
     assert info["num_params"] == 25_610_152 - 2049 * 1000 + 2049 * 10
     assert [(f["builder"], f["variant"], f["include_top"], f["num_classes"]) for f in info["fits"]] == [
@@ -596,7 +596,7 @@ def test_inspect_keras3_vgg16_prefers_stored_names(tmp_path, with_names):
                 group.attrs["name"] = layer.name
             for j, shape in enumerate(layer.param_shapes().values()):
                 group.create_dataset(str(j), shape=shape, dtype="f4")
-    fits = [(f["builder"], f["variant"]) for f in weights_import.inspect(path)["fits"]]
+    fits = [(f["builder"], f["variant"]) for f in models.inspect(path)["fits"]]
     # torchvision's VGG16 has the same shapes in the same order: only the stored names tell them apart
     assert fits == ([("vgg16", "keras")] if with_names else [("vgg16", "keras"), ("vgg16", "torchvision")])
 
@@ -604,10 +604,50 @@ def test_inspect_keras3_vgg16_prefers_stored_names(tmp_path, with_names):
 def test_inspect_reports_no_fit(tmp_path, rng):
     path = tmp_path / "chain.h5"
     write_keras_h5(path, chain_model(rng))
-    info = weights_import.inspect(path)
+    info = models.inspect(path)
     # conv0 2->3, eleven convs 3->3, BN over 3 channels, dense 48->5
     assert info["fits"] == [] and info["num_params"] == (54 + 3) + 11 * (81 + 3) + 4 * 3 + (48 * 5 + 5)
     assert "fits: no registered builder" in weights_import.format_inspection(info)
+    # weights_import alone does not know the model zoo: without candidates nothing is matched (None, not "no fit")
+    for plain in (weights_import.inspect(path), models.inspect(path, fits=False)):
+        assert plain["fits"] is None and plain["layers"] == info["layers"]
+        assert "fits:" not in weights_import.format_inspection(plain)
+
+
+def test_inspect_takes_the_first_candidate_of_a_group_that_fits(tmp_path, rng):
+    model = chain_model(rng)
+    path = tmp_path / "chain.h5"
+    write_keras_h5(path, model)
+    seen = []
+
+    def candidates(class_counts):
+        seen.append(class_counts)
+        make = lambda: chain_model(np.random.default_rng(0))  # noqa: E731  (the same shapes and names)
+        yield [({"name": "wrong shapes"}, lambda: models.shape_model("vgg16")), ({"name": "first"}, make),
+               ({"name": "second"}, make)]
+        yield [({"name": "first"}, make)]  # tried already: not listed twice
+        yield [({"name": "third"}, make)]
+
+    assert weights_import.inspect(path, candidates=candidates)["fits"] == [{"name": "first"}, {"name": "third"}]
+    assert seen == [[5]]  # the dense layer's 5 outputs
+
+
+def test_weights_import_does_not_import_the_model_zoo():
+    """No import cycle: weights_import builds layers (rlrp_ref.layers, rlrp_ref.model) but never imports rlrp_ref.models."""
+    import ast
+    from pathlib import Path
+
+    found = []
+    for source in sorted(Path(weights_import.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{alias.name}" for alias in node.names] if node.module else []
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [(source.name, name) for name in names if name.startswith("rlrp_ref.models") or name == "rlrp_ref"]
+    assert found == []
 
 
 def test_cli_inspect(tmp_path, rng, capsys):

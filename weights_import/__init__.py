@@ -175,40 +175,28 @@ def _class_counts(stored: dict, layout: str) -> list[int]:
     return sorted({n for n in outs if n not in ins}) or [1000]
 
 
-def _fits(h5file, layout: str, stored: dict, origin: str) -> list[dict]:
-    from rlrp_ref import models
-
+def _fits(h5file, layout: str, stored: dict, origin: str, candidates) -> list[dict]:
+    """The descriptions of the ``candidates`` whose parameter names and shapes the file matches exactly (see :func:`inspect`)."""
     class_counts = _class_counts(stored, layout)
     if layout == "keras3_weights":
         stored_names = {name for _, name, _ in _keras.keras3_groups(h5file, origin)}
     else:
         stored_names = set(stored)
-    fits = []
-    for name in models.available():
-        builder = models.get_builder(name)
-        settings = [{"input_shape": builder.input_shape}] + [dict(c) for c in builder.configs]
-        tried = set()
-        for variant in builder.variants:
-            for include_top in (True, False):
-                for setting in settings:
-                    input_shape = tuple(setting.get("input_shape", builder.input_shape))
-                    counts = [setting["num_classes"]] if "num_classes" in setting else class_counts
-                    for num_classes in (counts if include_top else [None]):
-                        key = (variant, include_top, input_shape, num_classes)
-                        if key in tried:
-                            continue
-                        tried.add(key)
-                        try:
-                            model = models.shape_model(name, variant=variant, num_classes=num_classes or 1000,
-                                                       include_top=include_top, input_shape=input_shape)
-                            match(model, _entries(h5file, layout, model, origin), origin)
-                        except ValueError:
-                            continue
-                        names = {layer.name for layer in model.iter_layers() if layer.params}
-                        fits.append({"builder": name, "variant": variant, "include_top": include_top,
-                                     "num_classes": num_classes, "input_shape": input_shape,
-                                     "by_name": names == stored_names})
-                        break
+    fits, tried = [], set()
+    for group in candidates(class_counts):
+        for description, make_model in group:  # the first of a group that matches is taken
+            key = tuple(description.items())
+            if key in tried:
+                continue
+            tried.add(key)
+            try:
+                model = make_model()
+                match(model, _entries(h5file, layout, model, origin), origin)
+            except ValueError:
+                continue
+            names = {layer.name for layer in model.iter_layers() if layer.params}
+            fits.append({**description, "by_name": names == stored_names})
+            break
     if any(fit["by_name"] for fit in fits):
         # a Keras 3 file that names its layers fits the builder with those names; others fit by shapes alone
         fits = [fit for fit in fits if fit["by_name"]]
@@ -217,14 +205,22 @@ def _fits(h5file, layout: str, stored: dict, origin: str) -> list[dict]:
     return fits
 
 
-def inspect(path, fits: bool = True) -> dict:
+def inspect(path, fits: bool = True, candidates=None) -> dict:
     """What a weights file holds, without loading it.
 
     Returns ``{"path", "layout", "layers": [(key, [(weight name, shape, dtype)])],
-    "num_arrays", "num_params", "fits": [{"builder", "variant", "include_top",
-    "num_classes", "input_shape"}]}``. ``fits`` lists the registered builders whose
-    parameter names and shapes the file matches exactly, found by matching
-    against zero-memory placeholder models (no weights are read or allocated).
+    "num_arrays", "num_params", "fits"}``. ``fits`` lists the ``candidates``
+    whose parameter names and shapes the file matches exactly, found by matching
+    against zero-memory placeholder models (no weights are read or allocated);
+    it is None when nothing was matched (``fits=False`` or no ``candidates``).
+
+    ``candidates(class_counts)`` yields groups of ``(description, make_model)``:
+    ``description`` a dict (what ``fits`` lists), ``make_model()`` a placeholder
+    model; the first of a group that matches is taken, and ``class_counts``
+    are the output sizes of the file's last 2-D weights. This package does not
+    know the model zoo: :func:`rlrp_ref.models.inspect` passes the registered
+    builders (:func:`rlrp_ref.models.fit_candidates`), as the ``rlrp-ref
+    inspect`` command does.
     """
     origin = os.fspath(path)
     with _reading(path) as h5file:
@@ -238,7 +234,7 @@ def inspect(path, fits: bool = True) -> dict:
             "layers": layers,
             "num_arrays": sum(len(items) for _, items in layers),
             "num_params": int(sum(int(np.prod(shape)) for _, items in layers for _, shape, _ in items)),
-            "fits": _fits(h5file, layout, stored, origin) if fits else [],
+            "fits": _fits(h5file, layout, stored, origin, candidates) if fits and candidates is not None else None,
         }
     return info
 
@@ -252,11 +248,11 @@ def format_inspection(info: dict, max_layers: int | None = None) -> str:
         lines.append(f"  {key}: " + ", ".join(f"{name} {shape} {dtype}" for name, shape, dtype in items))
     if len(shown) < len(info["layers"]):
         lines.append(f"  ... {len(info['layers']) - len(shown)} more layers (--all to list them)")
-    if info["fits"]:
+    if info["fits"]:  # None: nothing was matched
         for fit in info["fits"]:
             top = f"include_top=True, num_classes={fit['num_classes']}" if fit["include_top"] else "include_top=False"
             lines.append(f"fits: rlrp_ref.models.build({fit['builder']!r}, variant={fit['variant']!r}, {top}, "
                          f"input_shape={fit['input_shape']})")
-    else:
+    elif info["fits"] is not None:
         lines.append("fits: no registered builder (parameter names or shapes differ from every builder's)")
     return "\n".join(lines)

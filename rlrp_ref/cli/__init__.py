@@ -9,6 +9,11 @@ Bad input (a :class:`ValueError`, which includes :class:`rlrp_ref.errors.UserErr
 and ``weights_import.WeightsError``, or an :class:`OSError` such as a missing
 file) prints one line on stderr and exits 2, without a traceback. Set
 ``RLRP_REF_DEBUG=1`` to see the traceback.
+
+Before running a subcommand, :func:`main` calls :func:`rlrp_ref.runtime.tune`
+(glibc keeps freed memory for reuse). OpenBLAS's idle-spin timeout cannot be
+set from here (NumPy is loaded with the package): set
+``OPENBLAS_THREAD_TIMEOUT=16`` in the environment for it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import importlib
 import os
 import pkgutil
 import sys
+
+from .. import runtime
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -50,6 +57,10 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # the process settings for speed (rlrp_ref.runtime): glibc keeps freed memory for the next explanation.
+    # NumPy is loaded by now (importing this package loads it), so OpenBLAS's idle-spin timeout takes effect
+    # only from the environment: OPENBLAS_THREAD_TIMEOUT=16 rlrp-ref ...
+    runtime.tune()
     try:
         code = args.func(args)
     except BrokenPipeError:

@@ -19,9 +19,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    """Print :func:`weights_import.inspect`'s summary of ``args.file``; errors reach the CLI as ``WeightsError``."""
+    """Print :func:`rlrp_ref.models.inspect`'s summary of ``args.file``; errors reach the CLI as ``WeightsError``."""
     import weights_import
 
-    info = weights_import.inspect(args.file, fits=not args.no_fit)
+    from .. import models
+
+    info = models.inspect(args.file, fits=not args.no_fit)
     print(weights_import.format_inspection(info, max_layers=None if args.all else 20))
     return 0

@@ -28,6 +28,7 @@ of known ``{"input_shape": ..., "num_classes": ...}`` settings for
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Callable
@@ -35,7 +36,8 @@ from typing import Callable
 from . import resnet, vgg
 from ._init import ROLES, ParamInit
 
-__all__ = ["build", "shape_model", "register", "available", "get_builder", "Builder", "ParamInit", "ROLES", "PREPROCESSING"]
+__all__ = ["build", "shape_model", "register", "available", "get_builder", "fit_candidates", "inspect", "Builder", "ParamInit",
+           "ROLES", "PREPROCESSING"]
 
 
 @dataclass(frozen=True)
@@ -170,3 +172,34 @@ def shape_model(name: str, **kwargs):
     model.input_shape = kwargs["input_shape"]
     model.preprocessing = PREPROCESSING.get(kwargs["variant"], kwargs["variant"])
     return model
+
+
+def fit_candidates(class_counts):
+    """The placeholder models :func:`weights_import.inspect` matches a file against: every registered builder.
+
+    Yields one group per builder, variant, ``include_top`` and configuration
+    (its default input shape, then each of its ``configs``): the
+    ``(description, make_model)`` pairs for each class count to try (the
+    configuration's own, else ``class_counts``, the file's output sizes), of
+    which :func:`weights_import.inspect` takes the first that matches.
+    """
+    for name in available():
+        builder = get_builder(name)
+        settings = [{"input_shape": builder.input_shape}] + [dict(c) for c in builder.configs]
+        for variant in builder.variants:
+            for include_top in (True, False):
+                for setting in settings:
+                    input_shape = tuple(setting.get("input_shape", builder.input_shape))
+                    counts = [setting["num_classes"]] if "num_classes" in setting else class_counts
+                    yield [({"builder": name, "variant": variant, "include_top": include_top, "num_classes": num_classes,
+                             "input_shape": input_shape},
+                            functools.partial(shape_model, name, variant=variant, num_classes=num_classes or 1000,
+                                              include_top=include_top, input_shape=input_shape))
+                           for num_classes in (counts if include_top else [None])]
+
+
+def inspect(path, fits: bool = True) -> dict:
+    """:func:`weights_import.inspect` of ``path``, with ``fits`` matched against every registered builder."""
+    import weights_import
+
+    return weights_import.inspect(path, fits=fits, candidates=fit_candidates)
